@@ -1,0 +1,68 @@
+"""Learned 2-D relative position bias for global attention over a feature map of any size.
+
+The table holds one value per head and per 2-D offset ``(dy, dx)``, shape
+``(heads, 2H-1, 2W-1)`` for a map of ``H x W``. Unlike timm's CoAtNet/MaxViT, which fix the size per
+instance and resize only when loading a checkpoint, the table is interpolated on the fly when the input
+differs from the size it was created for (dense tasks, any input size), and
+:func:`resize_rel_pos_table` resizes it permanently for fine-tuning at a new resolution.
+"""
+
+
+import torch
+import torch.nn.functional as F
+from timm.layers import register_notrace_module, trunc_normal_
+from torch import nn
+
+TABLE_INIT_STD = 0.02
+
+
+def relative_position_index(height: int, width: int,
+                            device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row/column indices into a ``(2H-1, 2W-1)`` table for every (query, key) pair of an H x W map.
+
+    Token ``n`` sits at ``(n // W, n % W)``; the offset ``(yq - yk, xq - xk)`` is shifted by
+    ``(H-1, W-1)`` to be non-negative.
+    """
+    ys = torch.arange(height, device=device).repeat_interleave(width)
+    xs = torch.arange(width, device=device).repeat(height)
+    dy = ys[:, None] - ys[None, :] + (height - 1)
+    dx = xs[:, None] - xs[None, :] + (width - 1)
+    return dy, dx
+
+
+def resize_rel_pos_table(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a ``(heads, 2H-1, 2W-1)`` table to the map size ``(h, w)``: bicubic in offset space.
+
+    ``align_corners=True`` keeps offset 0 at the centre and the extreme offsets at the edges, so
+    offsets scale linearly with the map. The same size returns the table itself (exact identity).
+    """
+    target_h, target_w = 2 * size[0] - 1, 2 * size[1] - 1
+    if table.shape[-2] == target_h and table.shape[-1] == target_w:
+        return table
+    resized = F.interpolate(table.unsqueeze(0).float(), size=(target_h, target_w), mode="bicubic",
+                            align_corners=True)
+    return resized.squeeze(0).to(table.dtype)
+
+
+@register_notrace_module  # shape-dependent indexing: an FX leaf
+class RelPosBias(nn.Module):
+    """Per-head additive attention bias ``B[h, i, j] = table[h, y_i - y_j, x_i - x_j]``."""
+
+    def __init__(self, num_heads: int, feat_size: tuple[int, int]):
+        super().__init__()
+        self.feat_size = (int(feat_size[0]), int(feat_size[1]))
+        h, w = self.feat_size
+        self.table = nn.Parameter(torch.zeros(num_heads, 2 * h - 1, 2 * w - 1))
+        trunc_normal_(self.table, std=TABLE_INIT_STD)
+
+    def forward(self, size: tuple[int, int]) -> torch.Tensor:
+        """Bias of shape ``(heads, h*w, h*w)`` for a map of ``size = (h, w)``."""
+        table = resize_rel_pos_table(self.table, size)
+        dy, dx = relative_position_index(size[0], size[1], device=table.device)
+        return table[:, dy, dx]
+
+    def set_feat_size(self, size: tuple[int, int]) -> None:
+        """Resize the stored table in place (fine-tuning at a new resolution)."""
+        with torch.no_grad():
+            self.table = nn.Parameter(resize_rel_pos_table(self.table.data, size).contiguous())
+        self.feat_size = (int(size[0]), int(size[1]))

@@ -1,0 +1,115 @@
+"""CoAtNet-0..3 (seed 003) written in the AsCAN layout grammar.
+
+S0 is the two-layer conv stem (3x3 stride 2, BN + GELU, 3x3); S1-S2 are MBConv blocks with SE
+(letter ``M``); S3-S4 are relative-attention transformer blocks (letter ``R``,
+:mod:`ascan.layers.rel_attention`). CoAtNet-0 is ``MM-MMM-RRRRR-RR``, the ``CC-CCC-TTTTT-TT`` of the
+AsCAN patent's Table 3. Every stage opens with stride 2; the head pools the last stage, applies
+LayerNorm (as the CoAtNet/MaxViT reference head and timm's ``coatnet_*`` do) and a linear classifier,
+with no 1x1 projection before pooling (``head_width=0``).
+
+Registered as ``ascan_coatnet_{0..3}`` so they do not clash with timm's own ``coatnet_*``; the stages
+have exactly the parameter count of timm's ``coatnet_{0..3}_224`` (timm's head adds a 768..1536-wide
+pre-logits layer that the paper does not have).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+from ascan.layers import rel_attention  # noqa: F401  (registers the R letter)
+from ascan.models.ascan import AscanCfg, AscanNet, _cfg, checkpoint_filter_fn
+
+# CoAtNet paper, Table 3: blocks per stage S1-S4 and widths (CoAtNet-2's "1026" is a typo for 1024).
+DEPTHS_SMALL = (2, 3, 5, 2)
+DEPTHS = (2, 6, 14, 2)
+
+
+def coatnet_layout(depths: tuple[int, ...]) -> str:
+    """``(2, 3, 5, 2) -> "MM-MMM-RRRRR-RR"``: MBConv in S1-S2, relative attention in S3-S4."""
+    letters = ("M", "M", "R", "R")
+    return "-".join(letter * depth for letter, depth in zip(letters, depths, strict=True))
+
+
+COATNET_CFGS = {
+    0: AscanCfg(coatnet_layout(DEPTHS_SMALL), (96, 192, 384, 768), stem_width=64, head_width=0),
+    1: AscanCfg(coatnet_layout(DEPTHS), (96, 192, 384, 768), stem_width=64, head_width=0),
+    2: AscanCfg(coatnet_layout(DEPTHS), (128, 256, 512, 1024), stem_width=128, head_width=0),
+    3: AscanCfg(coatnet_layout(DEPTHS), (192, 384, 768, 1536), stem_width=192, head_width=0),
+}
+
+PAPER_FIGURES = {  # params (M), MACs @224 (G), CoAtNet paper Table 3 / SPEC section 3
+    "ascan_coatnet_0": (25, 4.2), "ascan_coatnet_1": (42, 8.4),
+    "ascan_coatnet_2": (75, 15.7), "ascan_coatnet_3": (168, 34.7),
+}
+
+
+class CoAtNet(AscanNet):
+    """:class:`AscanNet` whose head normalises the pooled features before the classifier."""
+
+    def __init__(self, cfg: AscanCfg, **kwargs):
+        super().__init__(cfg, **kwargs)
+        self.head_norm = nn.LayerNorm(self.num_features)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool.pool(x)  # (B, C), (B, C, 1, 1) or, with pooling off, (B, C, h, w)
+        x = self.head_norm(x.transpose(1, -1)).transpose(1, -1)  # over channels, whatever the rank
+        x = self.head_drop(self.global_pool.flatten(x))
+        return x if pre_logits else self.fc(x)
+
+
+def _create_coatnet(variant: str, cfg: AscanCfg, pretrained: bool = False, placement: str | None = None,
+                    **kwargs) -> CoAtNet:
+    """Build through timm (``features_only``, pretrained cfgs, position tables resized on load).
+
+    ``placement="post"`` switches every R block to the post-softmax kernel; ``layout``, ``widths``,
+    ``stem_width`` and ``block_kwargs`` may be overridden as for the AsCAN models.
+    """
+    overrides = {k: kwargs.pop(k) for k in ("layout", "widths", "stem_width", "head_width", "block_kwargs")
+                 if k in kwargs}
+    if "widths" in overrides:
+        overrides["widths"] = tuple(overrides["widths"])
+    cfg = replace(cfg, **overrides)
+    if placement is not None:
+        block_kwargs = dict(cfg.block_kwargs)
+        block_kwargs["R"] = {**block_kwargs.get("R", {}), "placement": placement}
+        cfg = replace(cfg, block_kwargs=block_kwargs)
+    return build_model_with_cfg(
+        CoAtNet, variant, pretrained, cfg=cfg,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=tuple(range(len(cfg.stages))), flatten_sequential=True),
+        **kwargs,
+    )
+
+
+default_cfgs = generate_default_cfgs({f"ascan_coatnet_{i}.untrained": _cfg() for i in COATNET_CFGS})
+
+
+@register_model
+def ascan_coatnet_0(pretrained: bool = False, **kwargs) -> CoAtNet:
+    """CoAtNet-0: MM-MMM-RRRRR-RR, widths 96-192-384-768, stem 64 (~25M params, 4.2 GMACs)."""
+    return _create_coatnet("ascan_coatnet_0", COATNET_CFGS[0], pretrained, **kwargs)
+
+
+@register_model
+def ascan_coatnet_1(pretrained: bool = False, **kwargs) -> CoAtNet:
+    """CoAtNet-1: depths 2-6-14-2, widths 96-192-384-768, stem 64 (~42M params, 8.4 GMACs)."""
+    return _create_coatnet("ascan_coatnet_1", COATNET_CFGS[1], pretrained, **kwargs)
+
+
+@register_model
+def ascan_coatnet_2(pretrained: bool = False, **kwargs) -> CoAtNet:
+    """CoAtNet-2: depths 2-6-14-2, widths 128-256-512-1024, stem 128 (~75M params, 15.7 GMACs)."""
+    return _create_coatnet("ascan_coatnet_2", COATNET_CFGS[2], pretrained, **kwargs)
+
+
+@register_model
+def ascan_coatnet_3(pretrained: bool = False, **kwargs) -> CoAtNet:
+    """CoAtNet-3: depths 2-6-14-2, widths 192-384-768-1536, stem 192 (~168M params, 34.7 GMACs)."""
+    return _create_coatnet("ascan_coatnet_3", COATNET_CFGS[3], pretrained, **kwargs)
+
+
+__all__ = ["COATNET_CFGS", "CoAtNet", "PAPER_FIGURES", "coatnet_layout"]
