@@ -312,19 +312,23 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _create_ascan(variant: str, cfg: AscanCfg, pretrained: bool = False, **kwargs) -> AscanNet:
+CFG_OVERRIDES = ("layout", "widths", "stem_width", "head_width", "block_kwargs", "stem_stride", "stage_strides")
+
+
+def _create_ascan(variant: str, cfg: AscanCfg, pretrained: bool = False, model_cls: type = AscanNet,
+                  **kwargs) -> AscanNet:
     """Build through timm so ``features_only``, pretrained cfgs and local weight files work.
 
-    ``layout``, ``widths``, ``stem_width``, ``head_width`` and ``block_kwargs`` may be overridden as
-    keyword arguments, e.g. ``timm.create_model("ascan_nano", layout="CC-CCCC-CCCC-TTTT")``.
+    Any field of :class:`AscanCfg` may be overridden as a keyword argument, e.g.
+    ``timm.create_model("ascan_nano", layout="CC-CCCC-CCCC-TTTT")``.
     """
-    overrides = {k: kwargs.pop(k) for k in ("layout", "widths", "stem_width", "head_width", "block_kwargs",
-                                            "stem_stride", "stage_strides") if k in kwargs}
-    if "widths" in overrides:
-        overrides["widths"] = tuple(overrides["widths"])
+    overrides = {k: kwargs.pop(k) for k in CFG_OVERRIDES if k in kwargs}
+    for key in ("widths", "stage_strides"):
+        if key in overrides:
+            overrides[key] = tuple(overrides[key])
     cfg = replace(cfg, **overrides)
     return build_model_with_cfg(
-        AscanNet, variant, pretrained, cfg=cfg,
+        model_cls, variant, pretrained, cfg=cfg,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=tuple(range(len(cfg.stages))), flatten_sequential=True),
         **kwargs,

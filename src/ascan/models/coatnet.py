@@ -14,14 +14,12 @@ pre-logits layer that the paper does not have).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 from ascan.layers import rel_attention  # noqa: F401  (registers the R letter)
-from ascan.models.ascan import AscanCfg, AscanNet, _cfg, checkpoint_filter_fn
+from ascan.models.ascan import AscanCfg, AscanNet, _cfg, _create_ascan
 
 # CoAtNet paper, Table 3: blocks per stage S1-S4 and widths (CoAtNet-2's "1026" is a typo for 1024).
 DEPTHS_SMALL = (2, 3, 5, 2)
@@ -63,26 +61,13 @@ class CoAtNet(AscanNet):
 
 def _create_coatnet(variant: str, cfg: AscanCfg, pretrained: bool = False, placement: str | None = None,
                     **kwargs) -> CoAtNet:
-    """Build through timm (``features_only``, pretrained cfgs, position tables resized on load).
-
-    ``placement="post"`` switches every R block to the post-softmax kernel; ``layout``, ``widths``,
-    ``stem_width`` and ``block_kwargs`` may be overridden as for the AsCAN models.
-    """
-    overrides = {k: kwargs.pop(k) for k in ("layout", "widths", "stem_width", "head_width", "block_kwargs")
-                 if k in kwargs}
-    if "widths" in overrides:
-        overrides["widths"] = tuple(overrides["widths"])
-    cfg = replace(cfg, **overrides)
+    """As :func:`ascan.models.ascan._create_ascan`; ``placement="post"`` switches every R block to the
+    post-softmax kernel."""
     if placement is not None:
-        block_kwargs = dict(cfg.block_kwargs)
+        block_kwargs = dict(kwargs.pop("block_kwargs", cfg.block_kwargs))
         block_kwargs["R"] = {**block_kwargs.get("R", {}), "placement": placement}
-        cfg = replace(cfg, block_kwargs=block_kwargs)
-    return build_model_with_cfg(
-        CoAtNet, variant, pretrained, cfg=cfg,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=tuple(range(len(cfg.stages))), flatten_sequential=True),
-        **kwargs,
-    )
+        kwargs["block_kwargs"] = block_kwargs
+    return _create_ascan(variant, cfg, pretrained, model_cls=CoAtNet, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({f"ascan_coatnet_{i}.untrained": _cfg() for i in COATNET_CFGS})
