@@ -35,7 +35,9 @@ class AscanCfg:
     """Architecture of one AsCAN network.
 
     ``head_width=0`` drops the 1x1 head projection (pool the last stage directly).
-    ``block_kwargs`` maps a block letter to extra constructor arguments (e.g. ``{"T": {"head_dim": 16}}``).
+    ``block_kwargs`` maps a block letter to extra constructor arguments (e.g. ``{"T": {"head_dim": 16}}``);
+    ``stage_block_kwargs`` does the same per stage (e.g. ``({"C": {"expand_ratio": 1.0}},)`` for an
+    EfficientNetV2-like first stage: an experiment, not the paper's models).
     ``stem_stride`` and ``stage_strides`` set the downsampling; the product is the model's reduction.
     """
 
@@ -46,6 +48,13 @@ class AscanCfg:
     stem_stride: int = 2
     stage_strides: tuple[int, ...] = (2, 2, 2, 2)
     block_kwargs: dict[str, dict] = field(default_factory=dict)
+    stage_block_kwargs: tuple[dict[str, dict], ...] = ()
+
+    def kwargs_for_stage(self, index: int) -> dict[str, dict]:
+        """Per-letter block kwargs of one stage: ``block_kwargs`` updated by ``stage_block_kwargs[index]``."""
+        stage = self.stage_block_kwargs[index] if index < len(self.stage_block_kwargs) else {}
+        letters = set(self.block_kwargs) | set(stage)
+        return {k: {**self.block_kwargs.get(k, {}), **stage.get(k, {})} for k in letters}
 
     @property
     def stages(self) -> Layout:
@@ -159,7 +168,7 @@ class AscanNet(nn.Module):
             reduction *= stride
             start = sum(depths[:i])
             stage_modules.append(AscanStage(letters, in_chs, width, stride, feat, rates[start:start + len(letters)],
-                                            cfg.block_kwargs))
+                                            cfg.kwargs_for_stage(i)))
             self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"stages.{i}"))
             in_chs = width
         self.stages = nn.Sequential(*stage_modules)
@@ -312,7 +321,8 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-CFG_OVERRIDES = ("layout", "widths", "stem_width", "head_width", "block_kwargs", "stem_stride", "stage_strides")
+CFG_OVERRIDES = ("layout", "widths", "stem_width", "head_width", "block_kwargs", "stage_block_kwargs", "stem_stride",
+                 "stage_strides")
 
 
 def _create_ascan(variant: str, cfg: AscanCfg, pretrained: bool = False, model_cls: type = AscanNet,
@@ -323,7 +333,7 @@ def _create_ascan(variant: str, cfg: AscanCfg, pretrained: bool = False, model_c
     ``timm.create_model("ascan_nano", layout="CC-CCCC-CCCC-TTTT")``.
     """
     overrides = {k: kwargs.pop(k) for k in CFG_OVERRIDES if k in kwargs}
-    for key in ("widths", "stage_strides"):
+    for key in ("widths", "stage_strides", "stage_block_kwargs"):
         if key in overrides:
             overrides[key] = tuple(overrides[key])
     cfg = replace(cfg, **overrides)
