@@ -75,7 +75,8 @@ def test_features_only_shapes_and_strides(layout, size):
     reductions = [2 ** (i + 2) for i in range(1, stages)]
     assert model.feature_info.reduction() == reductions
     assert model.feature_info.channels() == list(widths[1:])
-    assert [f.shape for f in feats] == [(1, w, size[0] // r, size[1] // r) for w, r in zip(widths[1:], reductions)]
+    expected = [(1, w, size[0] // r, size[1] // r) for w, r in zip(widths[1:], reductions, strict=True)]
+    assert [f.shape for f in feats] == expected
 
 
 def test_forward_intermediates_match_features_only():

@@ -1,0 +1,1 @@
+"""Throughput benchmark (``ascan bench``): interleaved timing of ascan and timm models."""

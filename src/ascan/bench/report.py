@@ -1,0 +1,182 @@
+"""Report of a benchmark run: a rich table on screen, CSV + JSON files and a PNG plot.
+
+Files are written atomically (temporary file, then ``os.replace``) so an interrupted run never
+leaves a half-written result that looks complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ascan.bench.runner import Row
+
+CSV_NAME = "bench.csv"
+JSON_NAME = "bench.json"
+PNG_NAME = "bench.png"
+OUR_COLOUR = "tab:red"
+BASELINE_COLOUR = "tab:blue"
+_FILE_MODE = 0o666
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, _FILE_MODE & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with_suppressed_unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def with_suppressed_unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def rich_table(rows: Sequence[Row], meta: dict[str, object], peak_given: bool) -> Table:
+    reference = rows[0].reference if rows else ""
+    title = (
+        f"ascan bench - {meta.get('device')} {meta.get('dtype', '')} - ratio: img/s over {reference}, "
+        "median of per-round ratios [min-max]"
+    )
+    table = Table(title=title, show_lines=False)
+    columns = [
+        ("model", "left"),
+        ("mode", "left"),
+        ("batch", "right"),
+        ("res", "right"),
+        ("img/s", "right"),
+        ("spread", "right"),
+        ("ms/batch", "right"),
+        ("ratio", "right"),
+        ("params M", "right"),
+        ("GMACs", "right"),
+        ("TFLOP/s", "right"),
+    ]
+    if peak_given:
+        columns.append(("% peak", "right"))
+    columns += [("peak MiB", "right"), ("BN folded", "right"), ("paper A100", "right")]
+    for name, justify in columns:
+        table.add_column(name, justify=justify)
+    for row in rows:
+        label = f"[bold red]{row.label}[/]" if row.ours else row.label
+        ratio = f"{row.ratio:.2f} [{row.ratio_low:.2f}-{row.ratio_high:.2f}]" if row.ratio is not None else "-"
+        cells = [
+            label,
+            row.mode,
+            str(row.batch_size),
+            str(row.img_size),
+            _fmt(row.img_per_s, ".1f"),
+            f"±{row.spread_pct / 2:.1f}%",
+            _fmt(row.ms_per_batch, ".1f"),
+            ratio,
+            _fmt(row.params_m, ".1f"),
+            _fmt(row.macs_g, ".2f"),
+            _fmt(row.tflops, ".3f"),
+        ]
+        if peak_given:
+            cells.append(_fmt(row.peak_fraction * 100 if row.peak_fraction is not None else None, ".1f"))
+        paper = f"{row.paper_a100_img_per_s:.0f} ({row.paper_name})" if row.paper_a100_img_per_s else "-"
+        cells += [_fmt(row.peak_mem_mib, ".0f"), str(row.bn_folded), paper]
+        table.add_row(*cells)
+    return table
+
+
+def rows_to_csv(rows: Sequence[Row]) -> str:
+    buffer = io.StringIO()
+    records = [asdict(row) for row in rows]
+    if not records:
+        return ""
+    writer = csv.DictWriter(buffer, fieldnames=list(records[0]))
+    writer.writeheader()
+    for record in records:
+        record["img_per_s_by_round"] = ";".join(f"{v:.4f}" for v in record["img_per_s_by_round"])
+        writer.writerow(record)
+    return buffer.getvalue()
+
+
+def plot(rows: Sequence[Row], path: Path) -> None:
+    """Inference img/s vs params (log-log), one panel per batch size, our models in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    infer = [row for row in rows if row.mode == "infer"]
+    batch_sizes = sorted({row.batch_size for row in infer})
+    fig, axes = plt.subplots(1, max(len(batch_sizes), 1), figsize=(5.5 * max(len(batch_sizes), 1), 4.5))
+    axes = list(axes) if hasattr(axes, "__iter__") else [axes]
+    for axis, batch_size in zip(axes, batch_sizes, strict=False):
+        for row in (r for r in infer if r.batch_size == batch_size):
+            colour = OUR_COLOUR if row.ours else BASELINE_COLOUR
+            marker = "*" if row.fused else ("D" if row.ours else "o")
+            axis.scatter(row.params_m, row.img_per_s, c=colour, marker=marker, s=90 if row.ours else 40, zorder=3)
+            axis.annotate(
+                row.label,
+                (row.params_m, row.img_per_s),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+                color=colour,
+                fontweight="bold" if row.ours else "normal",
+            )
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        plain = FuncFormatter(lambda value, _pos: f"{value:g}")
+        for scale_axis in (axis.xaxis, axis.yaxis):
+            scale_axis.set_major_formatter(plain)
+            scale_axis.set_minor_formatter(plain)
+        axis.set_xlabel("parameters (M)")
+        axis.set_ylabel("images / s")
+        axis.set_title(f"batch {batch_size}")
+        axis.grid(True, which="both", alpha=0.3)
+    fig.suptitle("throughput vs size (red: ascan models, *: BatchNorm folded)")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    _atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_all(rows: Sequence[Row], meta: dict[str, object], out_dir: Path) -> dict[str, Path]:
+    """CSV, JSON (rows + machine/config metadata) and PNG under ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir)
+    paths = {"csv": out_dir / CSV_NAME, "json": out_dir / JSON_NAME, "png": out_dir / PNG_NAME}
+    _atomic_write_bytes(paths["csv"], rows_to_csv(rows).encode())
+    document = {"meta": meta, "rows": [asdict(row) for row in rows]}
+    _atomic_write_bytes(paths["json"], json.dumps(document, indent=2, default=str).encode())
+    plot(rows, paths["png"])
+    return paths
+
+
+def print_table(rows: Sequence[Row], meta: dict[str, object], peak_given: bool, console: Console) -> None:
+    console.print(rich_table(rows, meta, peak_given))

@@ -1,0 +1,456 @@
+"""Build the models and the timed steps of one benchmark run, time them interleaved, collect rows.
+
+A *variant* is one built model (``ascan_tiny`` or its BatchNorm-folded copy ``ascan_tiny+fused``);
+a *case* is a variant at one batch size in one mode (inference, or a training step). All cases
+live in memory together so that :func:`ascan.bench.timing.run_interleaved` can alternate them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ascan.bench import presets
+from ascan.bench.memory import count_flops, step_peak_bytes
+from ascan.bench.timing import Case, Measurement, plan_size, run_interleaved, throughput_ratio
+from ascan.cli import UserError
+from ascan.fuse import fuse_with_summary
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FUSE_CHOICES = ("off", "on", "both")
+MODES = ("infer", "train")
+FUSED_SUFFIX = "+fused"
+# Training-step cost is counted on a batch of this size (BatchNorm in train mode needs > 1 sample).
+_TRAIN_FLOP_BATCH = 2
+_MIB = 2**20
+DEFAULT_IMG_SIZE = 224
+DEFAULT_IN_CHANS = 3
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything that defines one ``ascan bench`` run (the CLI fills it in)."""
+
+    models: tuple[str, ...]
+    batch_sizes: tuple[int, ...] = (1, 16, 64)
+    img_size: int | None = None  # None: each model's Table-4 (else timm default) resolution
+    dtype: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    fullgraph: bool = False
+    compile_mode: str | None = None
+    fuse: str = "off"
+    train: bool = False
+    device: str = "cpu"
+    warmup: int = 2
+    iters: int = 5
+    repeats: int = 5
+    num_classes: int = 1000
+    peak_tflops: float | None = None
+    reference: str | None = None
+    seed: int = 0
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return MODES if self.train else ("infer",)
+
+
+@dataclass
+class Variant:
+    """One built model ready to time."""
+
+    label: str
+    model_name: str
+    fused: bool
+    ours: bool
+    in_chans: int
+    img_size: int
+    params: int
+    forward_flops: float  # per image, inference
+    train_flops: float  # per image, forward + backward
+    bn_folded: int
+    eager: dict[str, nn.Module] = field(default_factory=dict)  # mode -> module before compile
+    runnable: dict[str, nn.Module] = field(default_factory=dict)  # mode -> module to time
+
+
+@dataclass
+class Row:
+    """One line of the report: a variant at one batch size in one mode."""
+
+    label: str
+    model: str
+    ours: bool
+    fused: bool
+    mode: str
+    batch_size: int
+    img_size: int
+    img_per_s: float
+    spread_pct: float
+    ms_per_batch: float
+    ratio: float | None
+    ratio_low: float | None
+    ratio_high: float | None
+    reference: str
+    params_m: float
+    macs_g: float
+    tflops: float
+    peak_fraction: float | None
+    peak_mem_mib: float
+    bn_folded: int
+    paper_name: str | None
+    paper_a100_img_per_s: float | None
+    img_per_s_by_round: list[float]
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def is_ours(model_name: str) -> bool:
+    """True for models registered by the ascan package (as opposed to timm's own)."""
+    return timm.models.model_entrypoint(model_name).__module__.startswith("ascan.")
+
+
+def check_model_names(names: tuple[str, ...]) -> None:
+    import ascan  # noqa: F401  (registers our models with timm)
+
+    known = timm.list_models()
+    for name in names:
+        if not timm.is_model(name):
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UserError(f"unknown model {name!r} (not in timm's registry){hint}")
+
+
+def check_config(cfg: BenchConfig) -> None:
+    """Reject bad arguments before any model is built: one clear line each."""
+    if not cfg.models:
+        raise UserError("no models given: name some, or use --preset")
+    if len(set(cfg.models)) != len(cfg.models):
+        raise UserError("a model is listed twice")
+    if not cfg.batch_sizes or any(b < 1 for b in cfg.batch_sizes):
+        raise UserError(f"batch sizes must be positive integers, got {list(cfg.batch_sizes)}")
+    if cfg.img_size is not None and cfg.img_size < 1:
+        raise UserError(f"image size must be positive, got {cfg.img_size}")
+    if cfg.dtype not in DTYPES:
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+    if cfg.fuse not in FUSE_CHOICES:
+        raise UserError(f"--fuse must be one of {', '.join(FUSE_CHOICES)}, got {cfg.fuse!r}")
+    if cfg.iters < 1 or cfg.repeats < 1 or cfg.warmup < 0:
+        raise UserError("--iters and --repeats must be >= 1 and --warmup >= 0")
+    if cfg.peak_tflops is not None and cfg.peak_tflops <= 0:
+        raise UserError(f"--peak-tflops must be positive, got {cfg.peak_tflops}")
+    if cfg.device not in ("cpu", "cuda"):
+        raise UserError(f"device must be cpu or cuda, got {cfg.device!r}")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA GPU is available on this machine")
+    check_model_names(cfg.models)
+    if cfg.reference is not None and cfg.reference not in cfg.models:
+        raise UserError(f"reference model {cfg.reference!r} is not among the benchmarked models")
+
+
+def resolve_img_size(cfg: BenchConfig, model_name: str) -> int:
+    if cfg.img_size is not None:
+        return cfg.img_size
+    native = presets.native_resolution(model_name)
+    if native is not None:
+        return native
+    pretrained_cfg = timm.get_pretrained_cfg(model_name)
+    return int(pretrained_cfg.input_size[-1]) if pretrained_cfg is not None else DEFAULT_IMG_SIZE
+
+
+def input_channels(model_name: str) -> int:
+    """Image channels the model expects (ascan_nano takes 1-channel Fashion-MNIST)."""
+    pretrained_cfg = timm.get_pretrained_cfg(model_name)
+    return int(pretrained_cfg.input_size[0]) if pretrained_cfg is not None else DEFAULT_IN_CHANS
+
+
+def total_stride(model: nn.Module) -> int:
+    """Input-size granularity a model needs: timm's feature_info reduction of the last stage."""
+    info = getattr(model, "feature_info", None)
+    if info:
+        last = info[-1]
+        reduction = last.get("reduction") if isinstance(last, dict) else None
+        if reduction:
+            return int(reduction)
+    return 32
+
+
+# --------------------------------------------------------------------------------------------
+# building
+
+
+def create(model_name: str, img_size: int, num_classes: int) -> nn.Module:
+    """timm.create_model without weights; fixed-size models (ViT, Swin, MaxViT) get img_size."""
+    pretrained_cfg = timm.get_pretrained_cfg(model_name)
+    default = pretrained_cfg.input_size[-1] if pretrained_cfg is not None else None
+    kwargs = {"pretrained": False, "num_classes": num_classes}
+    if img_size != default:
+        try:
+            return timm.create_model(model_name, img_size=img_size, **kwargs)
+        except TypeError:  # convnets take any size and have no img_size argument
+            pass
+    return timm.create_model(model_name, **kwargs)
+
+
+def _autocast(cfg: BenchConfig) -> Callable[[], contextlib.AbstractContextManager]:
+    if cfg.dtype == "fp32":
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=cfg.device, dtype=DTYPES[cfg.dtype])
+
+
+def _prepare(model: nn.Module, cfg: BenchConfig) -> nn.Module:
+    model = model.to(cfg.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _input(cfg: BenchConfig, batch_size: int, in_chans: int, img_size: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(batch_size, in_chans, img_size, img_size, generator=generator).to(cfg.device)
+    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+
+
+def infer_step(model: nn.Module, x: torch.Tensor, autocast) -> Callable[[], object]:
+    def step() -> object:
+        with torch.no_grad(), autocast():
+            return model(x)
+
+    return step
+
+
+def train_step(model: nn.Module, x: torch.Tensor, num_classes: int, autocast) -> Callable[[], object]:
+    """Forward, cross-entropy, backward, SGD update (timm benchmark.py's training step)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    target = torch.randint(0, num_classes, (x.shape[0],), device=x.device)
+
+    def step() -> object:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = F.cross_entropy(model(x).float(), target)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
+def build_variants(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[Variant]:
+    """Create every model (and fused copy), count params/MACs, and wrap it for timing."""
+    torch.manual_seed(cfg.seed)
+    variants: list[Variant] = []
+    for name in cfg.models:
+        img_size = resolve_img_size(cfg, name)
+        base = create(name, img_size, cfg.num_classes).eval()
+        ours = is_ours(name)
+        stride = total_stride(base)
+        if ours and img_size % stride:
+            raise UserError(f"{name} needs an image size that is a multiple of {stride}, got {img_size}")
+        params = sum(p.numel() for p in base.parameters())
+        in_chans = input_channels(name)
+        x1 = torch.randn(1, in_chans, img_size, img_size)
+        forward_flops = count_flops(infer_step(base, x1, contextlib.nullcontext))
+        train_flops = 0.0
+        if cfg.train:
+            train_copy = create(name, img_size, cfg.num_classes).train()
+            x2 = torch.randn(_TRAIN_FLOP_BATCH, in_chans, img_size, img_size)
+            train_flops = count_flops(train_step(train_copy, x2, cfg.num_classes, contextlib.nullcontext))
+            train_flops /= _TRAIN_FLOP_BATCH
+        builds: list[tuple[str, bool, nn.Module, int]] = []
+        if cfg.fuse in ("off", "both"):
+            builds.append((name, False, base, 0))
+        if cfg.fuse in ("on", "both"):
+            fused, summary = fuse_with_summary(base)
+            if cfg.fuse == "on" or summary.changed:
+                builds.append((name + FUSED_SUFFIX if cfg.fuse == "both" else name, True, fused, summary.bn_folded))
+            else:
+                log(f"{name}: nothing to fuse, no separate fused variant")
+        for label, fused, module, bn_folded in builds:
+            variant = Variant(
+                label, name, fused, ours, in_chans, img_size, params, forward_flops, train_flops, bn_folded
+            )
+            variant.eager["infer"] = _prepare(module, cfg).eval()
+            if cfg.train and not fused:
+                variant.eager["train"] = _prepare(create(name, img_size, cfg.num_classes).train(), cfg)
+            variant.runnable = {mode: _compiled(m, cfg) for mode, m in variant.eager.items()}
+            variants.append(variant)
+    return variants
+
+
+def _compiled(model: nn.Module, cfg: BenchConfig) -> nn.Module:
+    if not cfg.compile:
+        return model
+    return torch.compile(model, fullgraph=cfg.fullgraph, mode=cfg.compile_mode)
+
+
+# --------------------------------------------------------------------------------------------
+# running
+
+
+def case_key(label: str, mode: str, batch_size: int) -> str:
+    return f"{label} {mode} b{batch_size}"
+
+
+def _sync(cfg: BenchConfig) -> Callable[[], None]:
+    if cfg.device == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def build_cases(cfg: BenchConfig, variants: list[Variant]) -> tuple[list[Case], dict[str, Callable]]:
+    autocast = _autocast(cfg)
+    cases: list[Case] = []
+    steps: dict[str, Callable] = {}
+    for batch_size in cfg.batch_sizes:
+        for mode in cfg.modes:
+            for variant in variants:
+                module = variant.runnable.get(mode)
+                if module is None:
+                    continue
+                x = _input(cfg, batch_size, variant.in_chans, variant.img_size)
+                if mode == "infer":
+                    step = infer_step(module, x, autocast)
+                else:
+                    step = train_step(module, x, cfg.num_classes, autocast)
+                key = case_key(variant.label, mode, batch_size)
+                cases.append(Case(key, step, batch_size, _sync(cfg)))
+                steps[key] = step
+    return cases, steps
+
+
+def measure_memory(cfg: BenchConfig, variants: list[Variant], steps: dict[str, Callable]) -> dict[str, float]:
+    """Peak MiB per case, from one extra step each (taken after the timing).
+
+    On CUDA the timed (possibly compiled) step is measured by the allocator; on the CPU the
+    tracker needs aten calls, which compiled code hides, so the eager module is measured.
+    """
+    device = torch.device(cfg.device)
+    autocast = _autocast(cfg)
+    peaks: dict[str, float] = {}
+    for variant in variants:
+        for mode, module in variant.eager.items():
+            for batch_size in cfg.batch_sizes:
+                key = case_key(variant.label, mode, batch_size)
+                step = steps[key]
+                if device.type != "cuda" and cfg.compile:
+                    x = _input(cfg, batch_size, variant.in_chans, variant.img_size)
+                    if mode == "infer":
+                        step = infer_step(module, x, autocast)
+                    else:
+                        step = train_step(module, x, cfg.num_classes, autocast)
+                peaks[key] = step_peak_bytes(module, step, device) / _MIB
+    return peaks
+
+
+def collect_rows(
+    cfg: BenchConfig, variants: list[Variant], results: dict[str, Measurement], peaks: dict[str, float]
+) -> list[Row]:
+    reference = cfg.reference or cfg.models[0]
+    rows: list[Row] = []
+    for batch_size in cfg.batch_sizes:
+        for mode in cfg.modes:
+            ref_key = case_key(reference, mode, batch_size)
+            for variant in variants:
+                key = case_key(variant.label, mode, batch_size)
+                if key not in results:
+                    continue
+                measurement = results[key]
+                ratio = throughput_ratio(measurement, results[ref_key]) if ref_key in results else None
+                flops = variant.forward_flops if mode == "infer" else variant.train_flops
+                tflops = flops * measurement.img_per_s / 1e12
+                entry = presets.TABLE4.get(variant.model_name)
+                paper = getattr(entry, f"a100_b{batch_size}", None) if entry is not None else None
+                rows.append(
+                    Row(
+                        label=variant.label,
+                        model=variant.model_name,
+                        ours=variant.ours,
+                        fused=variant.fused,
+                        mode=mode,
+                        batch_size=batch_size,
+                        img_size=variant.img_size,
+                        img_per_s=measurement.img_per_s,
+                        spread_pct=measurement.spread_pct,
+                        ms_per_batch=measurement.ms_per_batch,
+                        ratio=ratio.median if ratio else None,
+                        ratio_low=ratio.low if ratio else None,
+                        ratio_high=ratio.high if ratio else None,
+                        reference=reference,
+                        params_m=variant.params / 1e6,
+                        macs_g=variant.forward_flops / 2 / 1e9,
+                        tflops=tflops,
+                        peak_fraction=tflops / cfg.peak_tflops if cfg.peak_tflops else None,
+                        peak_mem_mib=peaks.get(key, float("nan")),
+                        bn_folded=variant.bn_folded,
+                        paper_name=entry.paper_name if entry is not None else None,
+                        paper_a100_img_per_s=paper if mode == "infer" else None,
+                        img_per_s_by_round=measurement.img_per_s_by_round(),
+                    )
+                )
+    return rows
+
+
+def machine_info(cfg: BenchConfig) -> dict[str, object]:
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    info: dict[str, object] = {
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "device": cfg.device,
+    }
+    if cfg.device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    with contextlib.suppress(OSError):
+        info["loadavg_start"] = os.getloadavg()
+    return info
+
+
+def run(
+    cfg: BenchConfig,
+    on_step: Callable[[str], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[list[Row], dict[str, object]]:
+    """The whole benchmark: returns report rows and a metadata dict (machine, config, load, wall time).
+
+    ``on_total(n)`` is told how many progress units ``on_step`` will report, once that is known.
+    """
+    check_config(cfg)
+    meta = machine_info(cfg)
+    started = time.perf_counter()
+    variants = build_variants(cfg, log=log)
+    cases, steps = build_cases(cfg, variants)
+    if on_total is not None:
+        on_total(plan_size(len(cases), cfg.warmup, cfg.repeats) + 1)  # + 1: the memory pass
+    results = run_interleaved(cases, warmup=cfg.warmup, iters=cfg.iters, repeats=cfg.repeats, on_step=on_step)
+    if on_step is not None:
+        on_step("peak memory")
+    peaks = measure_memory(cfg, variants, steps)
+    with contextlib.suppress(OSError):
+        meta["loadavg_end"] = os.getloadavg()
+    meta["wall_s"] = round(time.perf_counter() - started, 1)
+    meta["dtype"] = cfg.dtype
+    return collect_rows(cfg, variants, results, peaks), meta

@@ -1,0 +1,188 @@
+"""Inference-time fusion: fold every BatchNorm into the convolution that feeds it.
+
+In eval mode a BatchNorm is a per-channel affine map, so ``bn(conv(x))`` equals one convolution
+with rescaled weights and a shifted bias; folding it removes a full read and write of every
+activation it touches. :func:`fuse` does three things, in this order:
+
+1. calls the ``fuse()`` / ``reparameterize()`` / ``switch_to_deploy()`` methods that modules
+   advertise — the convention of timm's ``reparameterize_model`` (used by timm's
+   ``benchmark.py --reparam``), which ascan's ``ConvBN`` follows;
+2. folds ``Conv2d -> BatchNorm2d`` pairs it can prove adjacent without reading ``forward``:
+   consecutive children of an ``nn.Sequential``, and timm's ``ConvNormAct`` (conv then bn);
+3. puts the model in eval mode (folded statistics are running statistics: inference only).
+
+Only plain ``nn.Conv2d`` (and timm's ``Conv2dSame``, which only pads first) are folded: a conv
+subclass that transforms its weight in forward (e.g. weight standardisation) would be wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+_FUSE_METHODS = ("fuse", "reparameterize", "switch_to_deploy")
+
+
+@dataclass
+class FuseSummary:
+    """What :func:`fuse_with_summary` changed; ``bn_folded`` counts every BatchNorm removed."""
+
+    methods_called: int = 0
+    bn_folded: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return self.methods_called > 0 or self.bn_folded > 0
+
+
+def _foldable_conv_types() -> tuple[type, ...]:
+    types: list[type] = [nn.Conv2d]
+    try:
+        from timm.layers import Conv2dSame
+
+        types.append(Conv2dSame)
+    except ImportError:  # pragma: no cover - timm is a dependency
+        pass
+    return tuple(types)
+
+
+def _batchnorm_act_type() -> type | None:
+    try:
+        from timm.layers import BatchNormAct2d
+
+        return BatchNormAct2d
+    except ImportError:  # pragma: no cover
+        return None
+
+
+def _is_foldable_conv(module: nn.Module) -> bool:
+    return type(module) in _foldable_conv_types()
+
+
+def _is_foldable_bn(module: nn.Module) -> bool:
+    """Exact BatchNorm2d (or timm's BatchNormAct2d) with running statistics."""
+    bn_act = _batchnorm_act_type()
+    exact_types = (nn.BatchNorm2d,) + ((bn_act,) if bn_act is not None else ())
+    return (
+        type(module) in exact_types
+        and module.track_running_stats
+        and module.running_mean is not None
+        and module.running_var is not None
+    )
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Return a new convolution equal to ``bn(conv(x))`` with ``bn`` in eval mode.
+
+    The arithmetic runs in float64 and is cast back, so the folded weights carry no more
+    rounding than one cast.
+    """
+    if conv.out_channels != bn.num_features:
+        raise ValueError(f"conv has {conv.out_channels} output channels, bn has {bn.num_features}")
+    weight = conv.weight.detach().to(torch.float64)
+    bias = (
+        conv.bias.detach().to(torch.float64)
+        if conv.bias is not None
+        else torch.zeros(conv.out_channels, dtype=torch.float64, device=weight.device)
+    )
+    mean = bn.running_mean.to(torch.float64)
+    inv_std = torch.rsqrt(bn.running_var.to(torch.float64) + bn.eps)
+    gamma = bn.weight.detach().to(torch.float64) if bn.weight is not None else torch.ones_like(mean)
+    beta = bn.bias.detach().to(torch.float64) if bn.bias is not None else torch.zeros_like(mean)
+    scale = gamma * inv_std
+
+    fused = copy.deepcopy(conv)
+    dtype = conv.weight.dtype
+    fused.weight = nn.Parameter((weight * scale.reshape(-1, 1, 1, 1)).to(dtype))
+    fused.bias = nn.Parameter(((bias - mean) * scale + beta).to(dtype))
+    return fused
+
+
+def _after_bn(bn: nn.Module) -> nn.Module:
+    """What must remain once the normalisation is folded: timm's BatchNormAct2d keeps drop + act."""
+    bn_act = _batchnorm_act_type()
+    if bn_act is not None and type(bn) is bn_act:
+        return nn.Sequential(bn.drop, bn.act)
+    return nn.Identity()
+
+
+def _fold_sequential(seq: nn.Sequential) -> int:
+    names = list(seq._modules)
+    folded = 0
+    for first, second in zip(names, names[1:], strict=False):
+        conv, bn = seq._modules[first], seq._modules[second]
+        if (
+            conv is not None
+            and bn is not None
+            and _is_foldable_conv(conv)
+            and _is_foldable_bn(bn)
+            and conv.out_channels == bn.num_features
+        ):
+            seq._modules[first] = fold_conv_bn(conv, bn)
+            seq._modules[second] = _after_bn(bn)
+            folded += 1
+    return folded
+
+
+def _fold_conv_norm_act(module: nn.Module) -> int:
+    """timm's ConvNormAct runs ``conv`` then ``bn`` (then optional anti-aliasing)."""
+    try:
+        from timm.layers import ConvNormAct
+    except ImportError:  # pragma: no cover
+        return 0
+    if type(module) is not ConvNormAct:
+        return 0
+    conv, bn = module.conv, module.bn
+    if _is_foldable_conv(conv) and _is_foldable_bn(bn) and conv.out_channels == bn.num_features:
+        module.conv = fold_conv_bn(conv, bn)
+        module.bn = _after_bn(bn)
+        return 1
+    return 0
+
+
+def _count_bn(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _call_fuse_methods(module: nn.Module, summary: FuseSummary) -> None:
+    for name, child in list(module.named_children()):
+        for method_name in _FUSE_METHODS:
+            method = getattr(child, method_name, None)
+            if callable(method):
+                result = method()
+                summary.methods_called += 1
+                # timm's convention: fuse() returns the replacement; reparameterize() works in place.
+                if isinstance(result, nn.Module) and result is not child:
+                    setattr(module, name, result)
+                    child = result
+                break
+        _call_fuse_methods(child, summary)
+
+
+def fuse_with_summary(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, FuseSummary]:
+    """:func:`fuse`, also saying how many fuse methods ran and how many BatchNorms went away."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    summary = FuseSummary()
+    bn_before = _count_bn(model)
+    with torch.no_grad():
+        _call_fuse_methods(model, summary)
+        for module in list(model.modules()):
+            if isinstance(module, nn.Sequential):
+                _fold_sequential(module)
+            else:
+                _fold_conv_norm_act(module)
+    summary.bn_folded = bn_before - _count_bn(model)
+    return model.eval(), summary
+
+
+def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Fold BatchNorms into convolutions for inference; returns the model in eval mode.
+
+    With ``inplace=False`` (default) the input model is left untouched and a fused copy returned.
+    """
+    return fuse_with_summary(model, inplace=inplace)[0]

@@ -1,0 +1,87 @@
+"""Evaluate generators: class accuracy, classifier-feature FID, Inception FID, text prompt match."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ascan.generate import captions
+from ascan.generate.conditioning import Conditioning
+from ascan.generate.data import to_unit
+from ascan.generate.metrics import (
+    ClassifierFeatures,
+    FeatureClassifier,
+    InceptionFeatures,
+    classify,
+    frechet_distance,
+    inception_available,
+    per_class_accuracy,
+    train_classifier,
+)
+
+SampleFn = Callable[[Conditioning, int], torch.Tensor]  # (cond, seed) -> images in [0, 1]
+
+
+def load_or_train_classifier(path: Path, epochs: int = 1) -> FeatureClassifier:
+    """The FID feature network: trained here once (1 epoch, few minutes on CPU), cached as safetensors."""
+    from ascan.data.fashion_mnist import load_fashion_mnist
+
+    model = FeatureClassifier()
+    if path.is_file():
+        model.load_state_dict(load_file(str(path)))
+        return model.eval()
+    images, labels = load_fashion_mnist(split="train")
+    model = train_classifier(images, labels, epochs=epochs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+    return model.eval()
+
+
+def test_images(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    from ascan.data.fashion_mnist import load_fashion_mnist
+
+    images, labels = load_fashion_mnist(split="test")
+    idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    return to_unit(images[idx]), labels[idx]
+
+
+def evaluate_class_conditional(sample: SampleFn, classifier: FeatureClassifier, *, per_class: int = 50,
+                               n_real: int = 1000, n_inception: int = 0, seed: int = 0) -> dict:
+    labels = torch.arange(10).repeat(per_class)
+    start = time.perf_counter()
+    fake = sample(Conditioning(labels=labels), seed)
+    sample_seconds = time.perf_counter() - start
+    pred = classify(classifier, fake)
+    real, _ = test_images(n_real)
+    result = {
+        "n_samples": len(labels),
+        "class_accuracy": (pred == labels).float().mean().item(),
+        "per_class_accuracy": per_class_accuracy(pred, labels),
+        "fid_classifier": frechet_distance(ClassifierFeatures(classifier), real, fake),
+        "sample_seconds": sample_seconds,
+        "images_per_second": len(labels) / sample_seconds,
+    }
+    if n_inception and inception_available():
+        inc = InceptionFeatures()
+        result["fid_inception"] = frechet_distance(inc, real[:n_inception], fake[:n_inception], batch=25)
+        result["n_inception"] = n_inception
+    return result
+
+
+def evaluate_text(sample: SampleFn, lookup: Callable[[torch.Tensor], Conditioning], classifier: FeatureClassifier,
+                  thresholds: captions.AttributeThresholds, *, per_prompt: int = 10, seed: int = 0) -> dict:
+    """Prompt-match score of samples, and the same score against shuffled prompts (chance control)."""
+    n_prompts = len(captions.all_captions())
+    ids = torch.arange(n_prompts).repeat(per_prompt)
+    fake = sample(lookup(ids), seed)
+    pred = classify(classifier, fake)
+    shuffled = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed + 1))]
+    return {"n_samples": len(ids), "match": captions.prompt_match(pred, fake, ids, thresholds),
+            "shuffled_control": captions.prompt_match(pred, fake, shuffled, thresholds)}

@@ -1,0 +1,1 @@
+"""Training, evaluation and fine-tuning (``ascan train`` / ``ascan eval`` / ``ascan finetune``)."""

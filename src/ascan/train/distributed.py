@@ -1,0 +1,77 @@
+"""Multi-process training: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them we run alone.
+
+CPU runs use the gloo backend, CUDA runs NCCL. Only rank 0 writes files and prints progress.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group torchrun announced in the environment (if any)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return DistInfo(rank, world_size, local_rank)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device | str = "cpu") -> bool:
+    """True on every rank if ``flag`` is true on any (e.g. one process got SIGTERM: all stop together)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
+
+
+def gather_objects(obj, info: DistInfo, encode=None, decode=None) -> list:
+    """Every rank's ``obj`` (RNG states), in rank order.
+
+    ``encode``/``decode`` turn tensors into plain values for the trip: torch tensors do not survive
+    ``all_gather_object``'s pickling round trip on every backend.
+    """
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, encode(obj) if encode else obj)
+    return [decode(o) for o in out] if decode else out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
