@@ -226,9 +226,11 @@ def test_euler_on_optimal_single_point_field_lands_on_data():
     torch.testing.assert_close(out, x1)
 
 
-def test_ddim_with_oracle_epsilon_recovers_data():
-    ddpm = DDPM()
-    x1 = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+@pytest.mark.parametrize("clip_x0, data_scale", [(None, 3.0), (1.0, 1.0)])
+def test_ddim_with_oracle_epsilon_recovers_data(clip_x0, data_scale):
+    """Exact epsilon -> exact data; clipping x0 to [-1, 1] changes nothing for data inside that range."""
+    ddpm = DDPM(clip_x0=clip_x0)
+    x1 = (torch.rand(2, 1, 4, 4, dtype=torch.float64) * 2 - 1) * data_scale
 
     def oracle(x, t, cond):
         steps = (t * ddpm.num_steps).round().long()
@@ -237,6 +239,14 @@ def test_ddim_with_oracle_epsilon_recovers_data():
 
     out = ddpm.sample(oracle, torch.randn(2, 1, 4, 4, dtype=torch.float64), Conditioning(), steps=5)
     torch.testing.assert_close(out, x1)
+
+
+def test_ddim_clipping_bounds_a_wrong_epsilon():
+    """A useless epsilon (zero) would give x0 = x / sqrt(abar) ~ 150x noise; clipped it stays in [-1, 1]."""
+    noise = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    zero_eps = lambda x, t, c: torch.zeros_like(x)  # noqa: E731
+    assert DDPM(clip_x0=1.0).sample(zero_eps, noise, Conditioning(), steps=5).abs().max() <= 1.0
+    assert DDPM(clip_x0=None).sample(zero_eps, noise, Conditioning(), steps=5).abs().max() > 10
 
 
 def test_cfg_scale_one_is_conditional_and_scale_s_matches_formula():

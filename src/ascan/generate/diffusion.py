@@ -22,6 +22,10 @@ BETA_START, BETA_END = 1e-4, 0.02  # DDPM's linear schedule
 @dataclass
 class DDPM:
     num_steps: int = NUM_TRAIN_STEPS
+    # Clip the predicted x0 to the data range at every DDIM step (DDPM's "clip_denoised"): an imperfect
+    # epsilon at high noise is divided by sqrt(abar) ~ 0.01 and would otherwise blow up. None: no clipping
+    # (latent spaces have no fixed range).
+    clip_x0: float | None = 1.0
     alphas_cumprod: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -51,6 +55,9 @@ class DDPM:
             abar = self._abar(torch.full((n,), s), x)
             eps = fn(x, torch.full((n,), s / self.num_steps, device=x.device, dtype=x.dtype))
             x0_pred = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+            if self.clip_x0 is not None:
+                x0_pred = x0_pred.clamp(-self.clip_x0, self.clip_x0)
+                eps = (x - abar.sqrt() * x0_pred) / (1 - abar).sqrt()  # the noise consistent with the clipped x0
             if i + 1 < len(seq):
                 abar_prev = self._abar(torch.full((n,), seq[i + 1]), x)
                 x = abar_prev.sqrt() * x0_pred + (1 - abar_prev).sqrt() * eps

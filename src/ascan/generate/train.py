@@ -288,6 +288,8 @@ def sample_images(model: nn.Module, cfg: GenTrainConfig, cond: Conditioning, nul
     """Deterministic given ``seed``: the noise comes from a private generator. Returns images in [0, 1]."""
     model.eval()
     objective = build_objective(cfg.objective)
+    if autoencoder is not None and isinstance(objective, DDPM):
+        objective.clip_x0 = None  # latents have no fixed range
     steps = steps or cfg.sample_steps
     method = default_method(cfg.objective, method or cfg.sample_method)
     cfg_scale = cfg.cfg_scale if cfg_scale is None else cfg_scale
