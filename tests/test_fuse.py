@@ -192,3 +192,42 @@ def test_ascan_model_fused_equals_unfused():
             actual = fused(x)
         assert summary.bn_folded > 0, f"{name}: nothing was folded"
         _assert_relative_close(actual, expected)
+
+
+@settings(max_examples=12, deadline=None)
+@given(stride=st.sampled_from([1, 2]), kernel=st.sampled_from([1, 3]), channels_last=st.booleans(),
+       approximate=st.sampled_from(["none", "tanh"]), seed=st.integers(0, 10_000))
+def test_conv_act_onednn_path_matches_float64_conv_then_gelu(stride, kernel, channels_last, approximate, seed):
+    from ascan.layers.conv_bn import ConvAct
+
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(5, 12, kernel, stride, kernel // 2)
+    module = ConvAct(conv, nn.GELU(approximate=approximate)).eval()
+    x = torch.randn(2, 5, 9, 11)
+    if channels_last:
+        module, x = module.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    reference = nn.functional.gelu(
+        nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), stride, kernel // 2),
+        approximate=approximate)
+    with torch.no_grad():
+        assert module._use_onednn(x) == torch.backends.mkldnn.is_available()
+        _assert_relative_close(module(x), reference.float())
+
+
+def test_conv_act_with_autograd_takes_the_differentiable_path():
+    from ascan.layers.conv_bn import ConvAct
+
+    module = ConvAct(nn.Conv2d(3, 4, 3, 1, 1), nn.GELU())
+    x = torch.randn(1, 3, 6, 6, requires_grad=True)
+    assert not module._use_onednn(x)
+    module(x).sum().backward()
+    assert x.grad is not None and module.conv.weight.grad is not None
+
+
+def test_fused_ascan_model_scripts_and_traces_to_the_same_outputs():
+    model = fuse(timm.create_model("ascan_nano"))
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        _assert_relative_close(torch.jit.script(model)(x), expected)
+        _assert_relative_close(torch.jit.trace(model, x)(x), expected)

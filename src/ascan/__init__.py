@@ -5,8 +5,9 @@ Importing the package registers every model in timm's registry, so
 """
 
 from ascan import layers, models  # noqa: F401  (registers blocks and models)
+from ascan.fuse import fuse  # the function shadows the module attribute; `from ascan.fuse import ...` still works
 from ascan.layout import LayoutError, check_asymmetric, format_layout, parse_layout
 
 __version__ = "0.1.0"
 
-__all__ = ["LayoutError", "check_asymmetric", "format_layout", "parse_layout", "__version__"]
+__all__ = ["LayoutError", "check_asymmetric", "format_layout", "fuse", "parse_layout", "__version__"]

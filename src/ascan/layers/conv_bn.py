@@ -1,9 +1,48 @@
 """Convolution + BatchNorm (+ activation) with BN folding for inference."""
 
-from __future__ import annotations
-
 import torch
+from timm.layers import register_notrace_module
 from torch import nn
+
+# nn.GELU's `approximate` -> the post-op algorithm name of oneDNN's fused convolution
+_ONEDNN_GELU = {"none": "none", "tanh": "tanh"}
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+@register_notrace_module  # forward branches on grad mode and device: keep it one FX node
+class ConvAct(nn.Module):
+    """Inference ``act(conv(x))`` of a folded :class:`ConvBN`.
+
+    On CPU, a GELU after the convolution runs as a oneDNN post-op inside the convolution
+    (``torch.ops.mkldnn._convolution_pointwise``, the kernel inductor itself emits): the same numbers,
+    without a separate read and write of the conv's output. Anywhere that kernel does not apply
+    (autograd, CUDA, fp16, tracing or compiling, where inductor fuses by itself) the module runs the
+    plain ``act(conv(x))``, which computes the same function.
+    """
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module):
+        super().__init__()
+        self.conv = conv
+        self.act = act
+        self.onednn_attr = "gelu" if isinstance(act, nn.GELU) and torch.backends.mkldnn.is_available() else None
+
+    @torch.jit.unused
+    def _use_onednn(self, x: torch.Tensor) -> bool:
+        return (self.onednn_attr is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
+                and x.dtype in _ONEDNN_DTYPES and self.conv.weight.dtype == x.dtype
+                and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting() or not self._use_onednn(x):
+            return self.act(self.conv(x))
+        return self._onednn_forward(x)
+
+    @torch.jit.unused
+    def _onednn_forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+            self.onednn_attr, [], _ONEDNN_GELU[self.act.approximate])
 
 
 class ConvBN(nn.Sequential):
@@ -23,7 +62,7 @@ class ConvBN(nn.Sequential):
 
     @torch.no_grad()
     def fuse(self) -> nn.Sequential:
-        """Return an equivalent ``conv (with bias) -> act`` module for inference."""
+        """Return an equivalent ``conv (with bias) -> act`` module (:class:`ConvAct`) for inference."""
         conv, bn = self.conv, self.bn
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
@@ -31,4 +70,4 @@ class ConvBN(nn.Sequential):
                           device=conv.weight.device, dtype=conv.weight.dtype)
         fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
         fused.bias.copy_(bn.bias - bn.running_mean * scale)
-        return nn.Sequential(fused, self.act)
+        return ConvAct(fused, self.act) if not isinstance(self.act, nn.Identity) else fused
