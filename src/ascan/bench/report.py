@@ -159,7 +159,7 @@ def plot(rows: Sequence[Row], path: Path) -> None:
         axis.set_ylabel("images / s")
         axis.set_title(f"batch {batch_size}")
         axis.grid(True, which="both", alpha=0.3)
-    fig.suptitle("throughput vs size (red: ascan models, *: BatchNorm folded)")
+    fig.suptitle("throughput vs size (red: ascan models, *: fused with ascan.fuse)")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
