@@ -231,3 +231,17 @@ def test_fused_ascan_model_scripts_and_traces_to_the_same_outputs():
         expected = model(x)
         _assert_relative_close(torch.jit.script(model)(x), expected)
         _assert_relative_close(torch.jit.trace(model, x)(x), expected)
+
+
+def test_flop_counter_sees_the_fused_convolutions():
+    """The oneDNN conv+GELU kernel is a convolution to torch's FLOP counter: folding changes no MAC count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, 1, 32, 32)
+    counts = []
+    for model in (timm.create_model("ascan_nano").eval(), fuse(timm.create_model("ascan_nano"))):
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(x)
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0

@@ -3,10 +3,19 @@
 import torch
 from timm.layers import register_notrace_module
 from torch import nn
+from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
 # nn.GELU's `approximate` -> the post-op algorithm name of oneDNN's fused convolution
 _ONEDNN_GELU = {"none": "none", "tanh": "tanh"}
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+if torch.backends.mkldnn.is_available():
+
+    @register_flop_formula(torch.ops.mkldnn._convolution_pointwise)
+    def _convolution_pointwise_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        """FlopCounterMode formula for the fused conv (unary overload, the one ConvAct calls): a convolution."""
+        return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
 
 
 @register_notrace_module  # forward branches on grad mode and device: keep it one FX node
