@@ -23,15 +23,6 @@ FLOAT32_TOL = dict(rtol=1e-4, atol=1e-4)
 FAST = settings(max_examples=25, deadline=None)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These 2-core machines are shared: one intra-op thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def naive_neocell(x, left, right, bias=None, shift=0):
     """Per-output-pixel loop: y[i, j] sums L[i', a] x[a, b] R[b, j'] over the input pixels (a, b)
     in the same patch as (i, j); patches start at shift + m*k (cropped at the borders)."""

@@ -17,15 +17,6 @@ PAPER_GFLOPS = {"neonext_tiny": 4.40, "neonext_small": 8.60, "neonext_base": 15.
 SIZE_TOLERANCE = 0.03
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These 2-core machines are shared: one intra-op thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_neonext(**kwargs) -> NeoNeXt:
     """A 4-stage NeoNeXt small enough for quick checks (same stage rules as the paper)."""
     return NeoNeXt(depths=(1, 1, 2, 1), dims=(16, 24, 32, 40), num_classes=5, **kwargs)

@@ -10,8 +10,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ascan.atomic import atomic_write_bytes
 from ascan.bench.runner import Row
 
 CSV_NAME = "bench.csv"
@@ -26,33 +25,6 @@ JSON_NAME = "bench.json"
 PNG_NAME = "bench.png"
 OUR_COLOUR = "tab:red"
 BASELINE_COLOUR = "tab:blue"
-_FILE_MODE = 0o666
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, _FILE_MODE & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with_suppressed_unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def with_suppressed_unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -164,16 +136,16 @@ def plot(rows: Sequence[Row], path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_all(rows: Sequence[Row], meta: dict[str, object], out_dir: Path) -> dict[str, Path]:
     """CSV, JSON (rows + machine/config metadata) and PNG under ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
     paths = {"csv": out_dir / CSV_NAME, "json": out_dir / JSON_NAME, "png": out_dir / PNG_NAME}
-    _atomic_write_bytes(paths["csv"], rows_to_csv(rows).encode())
+    atomic_write_bytes(paths["csv"], rows_to_csv(rows).encode())
     document = {"meta": meta, "rows": [asdict(row) for row in rows]}
-    _atomic_write_bytes(paths["json"], json.dumps(document, indent=2, default=str).encode())
+    atomic_write_bytes(paths["json"], json.dumps(document, indent=2, default=str).encode())
     plot(rows, paths["png"])
     return paths
 

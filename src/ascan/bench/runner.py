@@ -125,10 +125,9 @@ def is_ours(model_name: str) -> bool:
 def check_model_names(names: tuple[str, ...]) -> None:
     import ascan  # noqa: F401  (registers our models with timm)
 
-    known = timm.list_models()
     for name in names:
         if not timm.is_model(name):
-            close = difflib.get_close_matches(name, known, n=3)
+            close = difflib.get_close_matches(name, timm.list_models(), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise UserError(f"unknown model {name!r} (not in timm's registry){hint}")
 
@@ -262,11 +261,11 @@ def build_variants(cfg: BenchConfig, log: Callable[[str], None] = print) -> list
         in_chans = input_channels(name)
         x1 = torch.randn(1, in_chans, img_size, img_size)
         forward_flops = count_flops(infer_step(base, x1, contextlib.nullcontext))
-        train_flops = 0.0
-        if cfg.train:
-            train_copy = create(name, img_size, cfg.num_classes).train()
+        train_flops, train_model = 0.0, None
+        if cfg.train:  # one trainable copy: counted here, timed below
+            train_model = create(name, img_size, cfg.num_classes).train()
             x2 = torch.randn(_TRAIN_FLOP_BATCH, in_chans, img_size, img_size)
-            train_flops = count_flops(train_step(train_copy, x2, cfg.num_classes, contextlib.nullcontext))
+            train_flops = count_flops(train_step(train_model, x2, cfg.num_classes, contextlib.nullcontext))
             train_flops /= _TRAIN_FLOP_BATCH
         builds: list[tuple[str, bool, nn.Module, int]] = []
         if cfg.fuse in ("off", "both"):
@@ -282,8 +281,8 @@ def build_variants(cfg: BenchConfig, log: Callable[[str], None] = print) -> list
                 label, name, fused, ours, in_chans, img_size, params, forward_flops, train_flops, bn_folded
             )
             variant.eager["infer"] = _prepare(module, cfg).eval()
-            if cfg.train and not fused:
-                variant.eager["train"] = _prepare(create(name, img_size, cfg.num_classes).train(), cfg)
+            if train_model is not None and not fused:
+                variant.eager["train"] = _prepare(train_model, cfg)
             variant.runnable = {mode: _compiled(m, cfg) for mode, m in variant.eager.items()}
             variants.append(variant)
     return variants
@@ -309,6 +308,14 @@ def _sync(cfg: BenchConfig) -> Callable[[], None]:
     return lambda: None
 
 
+def _case_step(cfg: BenchConfig, variant: Variant, mode: str, module: nn.Module, batch_size: int,
+               autocast) -> Callable[[], object]:
+    x = _input(cfg, batch_size, variant.in_chans, variant.img_size)
+    if mode == "infer":
+        return infer_step(module, x, autocast)
+    return train_step(module, x, cfg.num_classes, autocast)
+
+
 def build_cases(cfg: BenchConfig, variants: list[Variant]) -> tuple[list[Case], dict[str, Callable]]:
     autocast = _autocast(cfg)
     cases: list[Case] = []
@@ -319,11 +326,7 @@ def build_cases(cfg: BenchConfig, variants: list[Variant]) -> tuple[list[Case], 
                 module = variant.runnable.get(mode)
                 if module is None:
                     continue
-                x = _input(cfg, batch_size, variant.in_chans, variant.img_size)
-                if mode == "infer":
-                    step = infer_step(module, x, autocast)
-                else:
-                    step = train_step(module, x, cfg.num_classes, autocast)
+                step = _case_step(cfg, variant, mode, module, batch_size, autocast)
                 key = case_key(variant.label, mode, batch_size)
                 cases.append(Case(key, step, batch_size, _sync(cfg)))
                 steps[key] = step
@@ -345,11 +348,7 @@ def measure_memory(cfg: BenchConfig, variants: list[Variant], steps: dict[str, C
                 key = case_key(variant.label, mode, batch_size)
                 step = steps[key]
                 if device.type != "cuda" and cfg.compile:
-                    x = _input(cfg, batch_size, variant.in_chans, variant.img_size)
-                    if mode == "infer":
-                        step = infer_step(module, x, autocast)
-                    else:
-                        step = train_step(module, x, cfg.num_classes, autocast)
+                    step = _case_step(cfg, variant, mode, module, batch_size, autocast)
                 peaks[key] = step_peak_bytes(module, step, device) / _MIB
     return peaks
 

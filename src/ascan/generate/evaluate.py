@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ascan.atomic import save_safetensors
 from ascan.generate import captions
 from ascan.generate.conditioning import Conditioning
 from ascan.generate.data import to_unit
@@ -37,10 +37,7 @@ def load_or_train_classifier(path: Path, epochs: int = 1) -> FeatureClassifier:
         return model.eval()
     images, labels = load_fashion_mnist(split="train")
     model = train_classifier(images, labels, epochs=epochs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    save_safetensors(model.state_dict(), path)
     return model.eval()
 
 

@@ -9,17 +9,17 @@ and loaded with ``weights_only=True``; the EMA weights are also exported as safe
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
 
+from ascan.atomic import atomic_write, atomic_write_text, save_safetensors
 from ascan.generate import captions
 from ascan.generate.conditioning import Conditioning
 from ascan.generate.data import from_model, to_model, to_unit
@@ -107,30 +107,16 @@ class TextTable:
         return {"tokens": self.tokens.contiguous(), "mask": self.mask.contiguous(), "pooled": self.pooled.contiguous()}
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
 def save_grid(images01: torch.Tensor, path: Path, nrow: int) -> None:
     from torchvision.utils import save_image
 
-    tmp = path.with_name(path.stem + ".tmp.png")
-    save_image(images01, str(tmp), nrow=nrow, padding=2, pad_value=0.5)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_image(images01, tmp, nrow=nrow, padding=2, pad_value=0.5))
+
+
+def null_conditioning(model: nn.Module, text_table: TextTable | None, cond: Conditioning) -> Conditioning:
+    """The unconditional branch of classifier-free guidance: the null class, or the empty prompt."""
+    null_text = text_table.lookup(torch.tensor([text_table.null_id])) if text_table is not None else None
+    return cond.null_like(null_label=getattr(model, "null_label", None), null_text=null_text)
 
 
 class GenTrainer:
@@ -198,13 +184,10 @@ class GenTrainer:
         return loss.item()
 
     # ----- sampling -----
-    def null_conditioning(self, cond: Conditioning) -> Conditioning:
-        null_text = self.text_table.lookup(torch.tensor([self.text_table.null_id])) if self.text_table else None
-        return cond.null_like(null_label=getattr(self.ema.module, "null_label", None), null_text=null_text)
-
     def sample(self, cond: Conditioning, seed: int, **kw) -> torch.Tensor:
-        return sample_images(self.ema.module, self.cfg, cond, self.null_conditioning(cond), seed,
-                             latent_shape=tuple(self.x.shape[1:]), autoencoder=self.autoencoder, **kw)
+        """Samples of the EMA model, as ``ascan generate`` would draw them from the exported run."""
+        return sample_images(self.ema.module, self.cfg, cond, null_conditioning(self.ema.module, self.text_table, cond),
+                             seed, latent_shape=tuple(self.x.shape[1:]), autoencoder=self.autoencoder, **kw)
 
     def preview_conditioning(self, per_class: int = 1) -> Conditioning:
         labels = torch.arange(10).repeat_interleave(per_class)
@@ -222,7 +205,7 @@ class GenTrainer:
 
     def save(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(self.state_dict(), out / CHECKPOINT)
+        atomic_write(out / CHECKPOINT, lambda tmp: torch.save(self.state_dict(), tmp))
         export_for_sampling(self, out)
 
     def load(self, path: Path) -> None:
@@ -238,14 +221,14 @@ class GenTrainer:
 
 
 def export_for_sampling(trainer: GenTrainer, out: Path) -> None:
-    atomic_save_safetensors(trainer.ema.module.state_dict(), out / EMA_WEIGHTS)
+    save_safetensors(trainer.ema.module.state_dict(), out / EMA_WEIGHTS)
     meta = {"train": asdict(trainer.cfg), "step": trainer.step,
             "latent_shape": list(trainer.x.shape[1:])}
     if trainer.text_table is not None:
-        atomic_save_safetensors(trainer.text_table.state(), out / TEXT_TABLE)
+        save_safetensors(trainer.text_table.state(), out / TEXT_TABLE)
         meta["thresholds"] = {"brightness": trainer.thresholds.brightness.tolist(),
                               "size": trainer.thresholds.size.tolist()}
-    atomic_write_text(json.dumps(meta, indent=2), out / CONFIG)
+    atomic_write_text(out / CONFIG, json.dumps(meta, indent=2))
 
 
 @dataclass
@@ -255,12 +238,8 @@ class LoadedGenerator:
     meta: dict
     text_table: TextTable | None
 
-    def null_conditioning(self, cond: Conditioning) -> Conditioning:
-        null_text = self.text_table.lookup(torch.tensor([self.text_table.null_id])) if self.text_table else None
-        return cond.null_like(null_label=getattr(self.model, "null_label", None), null_text=null_text)
-
     def sample(self, cond: Conditioning, seed: int, **kw) -> torch.Tensor:
-        return sample_images(self.model, self.cfg, cond, self.null_conditioning(cond), seed,
+        return sample_images(self.model, self.cfg, cond, null_conditioning(self.model, self.text_table, cond), seed,
                              latent_shape=tuple(self.meta["latent_shape"]), **kw)
 
 

@@ -306,14 +306,9 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
 
 def save_weights(model: nn.Module, path: str | Path) -> None:
     """Write the model's weights as safetensors, atomically (write, then rename)."""
-    import os
+    from ascan.atomic import save_safetensors
 
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    save_safetensors(model.state_dict(), path)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Durable runs: atomic checkpoint writes, safe loading, RNG capture, safetensors export.
+"""Durable runs: atomic checkpoint writes, safe loading, RNG capture, weights-file loading.
 
 A checkpoint holds everything needed to continue bit-exactly: model, EMA, optimizer, scheduler and
 grad-scaler states, every process's RNG states, the epoch and step, and the resolved config. It is a
@@ -8,10 +8,8 @@ grad-scaler states, every process's RNG states, the epoch and step, and the reso
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,28 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ascan.atomic import atomic_write
+
 CHECKPOINT_NAME = "last.pt"
 
 
-def _atomic_replace(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` into a temp file beside ``path``, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_replace(Path(path), lambda tmp: Path(tmp).write_text(text))
-
-
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    _atomic_replace(Path(path), lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -107,14 +90,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 # ---- Weights export -------------------------------------------------------------------------------
-
-
-def export_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path,
-                       metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    _atomic_replace(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load_weights_file(path: str | Path, prefer_ema: bool = True) -> dict[str, torch.Tensor]:

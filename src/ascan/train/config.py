@@ -272,6 +272,6 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    from ascan.train.checkpoint import atomic_write_text
+    from ascan.atomic import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 import ascan  # noqa: F401  (registers ascan models in timm)
+from ascan.atomic import atomic_write, atomic_write_text, save_safetensors
 from ascan.cli import UserError
 from ascan.data.datasets import DatasetInfo, build_dataset
 from ascan.train import checkpoint as ckpt
@@ -251,7 +252,7 @@ def write_metrics_csv(history: list[dict[str, float]], path: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=keys)
     writer.writeheader()
     writer.writerows(history)
-    ckpt.atomic_write_text(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
 
 
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:
@@ -278,10 +279,8 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     ax_acc.legend()
     ax_acc.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def print_summary(result: RunResult, cfg: TrainConfig, num_params: int) -> None:
@@ -502,7 +501,7 @@ def _train(cfg: TrainConfig, dist_info: DistInfo, resume, step_callback, started
 
     result.model, result.ema_model = model, (ema.module if ema is not None else None)
     result.history = history
-    result.metrics = {k: v for k, v in (history[-1] if history else {}).items()}
+    result.metrics = dict(history[-1]) if history else {}
     result.wall_time_s = time.time() - started
     if result.completed:
         _finish(result, cfg, dist_info, num_params, info)
@@ -553,13 +552,13 @@ def _finish(result: RunResult, cfg: TrainConfig, dist_info: DistInfo, num_params
             "image_size": str(cfg.data.image_size), "model_kwargs": json.dumps(cfg.model.kwargs),
             "dataset": cfg.data.dataset, "data_root": cfg.data.root or "", "eval_split": cfg.data.eval_split}
     if cfg.save_rank_weights:
-        ckpt.export_safetensors(result.model.state_dict(), run_dir / f"model_rank{dist_info.rank}.safetensors", meta)
+        save_safetensors(result.model.state_dict(), run_dir / f"model_rank{dist_info.rank}.safetensors", meta)
     barrier(dist_info)
     if not dist_info.is_main:
         return
-    ckpt.export_safetensors(result.model.state_dict(), run_dir / "model.safetensors", meta)
+    save_safetensors(result.model.state_dict(), run_dir / "model.safetensors", meta)
     if result.ema_model is not None:
-        ckpt.export_safetensors(result.ema_model.state_dict(), run_dir / "model_ema.safetensors", meta)
+        save_safetensors(result.ema_model.state_dict(), run_dir / "model_ema.safetensors", meta)
     try:
         plot_curves(result.history, run_dir / CURVES_PNG)
     except Exception as err:  # a plotting failure must not lose a finished run
@@ -567,7 +566,7 @@ def _finish(result: RunResult, cfg: TrainConfig, dist_info: DistInfo, num_params
     summary = {"completed": result.completed, "epochs": result.epoch, "steps": result.step,
                "wall_time_s": result.wall_time_s, "num_params": num_params, "world_size": dist_info.world_size,
                "global_batch": cfg.data.batch_size, **result.metrics}
-    ckpt.atomic_write_text(run_dir / SUMMARY_JSON, json.dumps(summary, indent=2))
+    atomic_write_text(run_dir / SUMMARY_JSON, json.dumps(summary, indent=2))
     if cfg.progress:
         print_summary(result, cfg, num_params)
 
