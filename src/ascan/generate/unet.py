@@ -35,7 +35,8 @@ from timm.layers import DropPath, Mlp, SqueezeExcite
 from torch import nn
 
 from ascan.generate.conditioning import ConditionEmbedder, Conditioning
-from ascan.layout import parse_layout
+from ascan.layers.attention import merge_heads, split_heads
+from ascan.layout import format_layout, parse_layout, validate_widths
 
 UNET_LETTERS = "CT"
 SE_RATIO = 0.25
@@ -65,7 +66,6 @@ class Attention(nn.Module):
         if dim % head_dim:
             raise ValueError(f"width {dim} is not a multiple of head_dim {head_dim}")
         self.num_heads = dim // head_dim
-        self.head_dim = head_dim
         self.is_cross = context_dim is not None
         if self.is_cross:
             self.q = nn.Linear(dim, dim)
@@ -74,20 +74,15 @@ class Attention(nn.Module):
             self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, n, c = x.shape
         if self.is_cross:
             if context is None:
                 raise ValueError("cross-attention needs context tokens")
-            q = self._heads(self.q(x))
-            k, v = (self._heads(t) for t in self.kv(context).chunk(2, dim=-1))
+            q = split_heads(self.q(x), self.num_heads)
+            k, v = (split_heads(t, self.num_heads) for t in self.kv(context).chunk(2, dim=-1))
         else:
-            q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
+            q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))
         mask = None
         if context_mask is not None:
             # An all-padding row would give NaN; keep its first key (the caller puts a token there).
@@ -95,7 +90,7 @@ class Attention(nn.Module):
             mask[:, 0] |= ~mask.any(dim=1)
             mask = mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        return self.proj(merge_heads(out))
 
 
 class CondFusedMBConv(nn.Module):
@@ -221,8 +216,7 @@ class AscanUNet(nn.Module):
         mid = parse_layout(cfg.mid, letters=UNET_LETTERS)
         if len(mid) != 1:
             raise ValueError(f"mid must be a single stage like 'TT', got {cfg.mid!r}")
-        if len(cfg.widths) != len(down):
-            raise ValueError(f"{len(down)} down stages but {len(cfg.widths)} widths: {cfg.widths}")
+        validate_widths(down, cfg.widths)
         factor = cfg.patch_size * 2 ** (len(down) - 1)
         if cfg.img_size % factor:
             raise ValueError(f"img_size {cfg.img_size} must be divisible by {factor} "
@@ -275,9 +269,8 @@ class AscanUNet(nn.Module):
         return self.cond.label.null_id if self.cond.label is not None else None
 
     def layout_str(self) -> str:
-        fmt = "-".join
-        return (f"down={fmt(''.join(s) for s in self.down_layout)} mid={''.join(self.mid_layout)} "
-                f"up={fmt(''.join(s) for s in self.up_layout)}")
+        return (f"down={format_layout(self.down_layout)} mid={''.join(self.mid_layout)} "
+                f"up={format_layout(self.up_layout)}")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
         """``x`` [B, C, H, W] noisy input, ``t`` [B] time in [0, 1]; returns the prediction [B, C, H, W]."""
