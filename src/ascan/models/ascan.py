@@ -10,7 +10,7 @@ average-pools and applies a linear layer (Table 5, S5). The 1x1 head conv lives 
 """
 
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -316,8 +316,7 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-CFG_OVERRIDES = ("layout", "widths", "stem_width", "head_width", "block_kwargs", "stage_block_kwargs", "stem_stride",
-                 "stage_strides")
+CFG_OVERRIDES = tuple(f.name for f in fields(AscanCfg))
 
 
 def _create_ascan(variant: str, cfg: AscanCfg, pretrained: bool = False, model_cls: type = AscanNet,
