@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from ascan.errors import UserError
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("ascan.info", "table of registered models: layout, params, MACs vs the paper"),
     "bench": ("ascan.bench.cli", "throughput benchmark of ascan and timm models, side by side"),
@@ -20,10 +22,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gen-train": ("ascan.generate.cli_train", "train the AsCAN UNet generator"),
     "generate": ("ascan.generate.cli_sample", "sample images from a trained generator"),
 }
-
-
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, exit status 2."""
 
 
 def _usage() -> str:

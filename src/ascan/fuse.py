@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ascan.layers.conv_bn import fold_conv_bn
+
 _FUSE_METHODS = ("fuse", "reparameterize", "switch_to_deploy")
 
 
@@ -72,33 +74,6 @@ def _is_foldable_bn(module: nn.Module) -> bool:
         and module.running_mean is not None
         and module.running_var is not None
     )
-
-
-def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """Return a new convolution equal to ``bn(conv(x))`` with ``bn`` in eval mode.
-
-    The arithmetic runs in float64 and is cast back, so the folded weights carry no more
-    rounding than one cast.
-    """
-    if conv.out_channels != bn.num_features:
-        raise ValueError(f"conv has {conv.out_channels} output channels, bn has {bn.num_features}")
-    weight = conv.weight.detach().to(torch.float64)
-    bias = (
-        conv.bias.detach().to(torch.float64)
-        if conv.bias is not None
-        else torch.zeros(conv.out_channels, dtype=torch.float64, device=weight.device)
-    )
-    mean = bn.running_mean.to(torch.float64)
-    inv_std = torch.rsqrt(bn.running_var.to(torch.float64) + bn.eps)
-    gamma = bn.weight.detach().to(torch.float64) if bn.weight is not None else torch.ones_like(mean)
-    beta = bn.bias.detach().to(torch.float64) if bn.bias is not None else torch.zeros_like(mean)
-    scale = gamma * inv_std
-
-    fused = copy.deepcopy(conv)
-    dtype = conv.weight.dtype
-    fused.weight = nn.Parameter((weight * scale.reshape(-1, 1, 1, 1)).to(dtype))
-    fused.bias = nn.Parameter(((bias - mean) * scale + beta).to(dtype))
-    return fused
 
 
 def _after_bn(bn: nn.Module) -> nn.Module:

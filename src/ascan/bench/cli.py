@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ascan.bench import presets
-from ascan.cli import UserError
+from ascan.errors import UserError
 
 WIDE_TABLE = 200  # columns for the table when stdout is a file (rich would wrap at 80)
 

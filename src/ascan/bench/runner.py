@@ -24,7 +24,7 @@ from torch import nn
 from ascan.bench import presets
 from ascan.bench.memory import count_flops, step_peak_bytes
 from ascan.bench.timing import Case, Measurement, plan_size, run_interleaved, throughput_ratio
-from ascan.cli import UserError
+from ascan.errors import UserError
 from ascan.fuse import fuse_with_summary
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ascan.cli import UserError
+from ascan.errors import UserError
 from ascan.generate.conditioning import Conditioning
 from ascan.generate.text import build_text_encoder
 from ascan.generate.train import load_generator, save_grid

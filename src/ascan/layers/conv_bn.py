@@ -1,5 +1,7 @@
 """Convolution + BatchNorm (+ activation) with BN folding for inference."""
 
+import copy
+
 import torch
 from timm.layers import register_notrace_module
 from torch import nn
@@ -8,6 +10,33 @@ from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 # nn.GELU's `approximate` -> the post-op algorithm name of oneDNN's fused convolution
 _ONEDNN_GELU = {"none": "none", "tanh": "tanh"}
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Return a new convolution equal to ``bn(conv(x))`` with ``bn`` in eval mode.
+
+    The arithmetic runs in float64 and is cast back, so the folded weights carry no more
+    rounding than one cast.
+    """
+    if conv.out_channels != bn.num_features:
+        raise ValueError(f"conv has {conv.out_channels} output channels, bn has {bn.num_features}")
+    weight = conv.weight.detach().to(torch.float64)
+    bias = (
+        conv.bias.detach().to(torch.float64)
+        if conv.bias is not None
+        else torch.zeros(conv.out_channels, dtype=torch.float64, device=weight.device)
+    )
+    mean = bn.running_mean.to(torch.float64)
+    inv_std = torch.rsqrt(bn.running_var.to(torch.float64) + bn.eps)
+    gamma = bn.weight.detach().to(torch.float64) if bn.weight is not None else torch.ones_like(mean)
+    beta = bn.bias.detach().to(torch.float64) if bn.bias is not None else torch.zeros_like(mean)
+    scale = gamma * inv_std
+
+    fused = copy.deepcopy(conv)
+    dtype = conv.weight.dtype
+    fused.weight = nn.Parameter((weight * scale.reshape(-1, 1, 1, 1)).to(dtype))
+    fused.bias = nn.Parameter(((bias - mean) * scale + beta).to(dtype))
+    return fused
 
 
 if torch.backends.mkldnn.is_available():
@@ -70,13 +99,7 @@ class ConvBN(nn.Sequential):
         self.act = act_layer() if act_layer is not None else nn.Identity()
 
     @torch.no_grad()
-    def fuse(self) -> nn.Sequential:
+    def fuse(self) -> nn.Module:
         """Return an equivalent ``conv (with bias) -> act`` module (:class:`ConvAct`) for inference."""
-        conv, bn = self.conv, self.bn
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                          dilation=conv.dilation, groups=conv.groups, bias=True,
-                          device=conv.weight.device, dtype=conv.weight.dtype)
-        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-        fused.bias.copy_(bn.bias - bn.running_mean * scale)
+        fused = fold_conv_bn(self.conv, self.bn)
         return ConvAct(fused, self.act) if not isinstance(self.act, nn.Identity) else fused

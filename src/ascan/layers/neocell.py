@@ -406,18 +406,6 @@ def fold_batchnorm_(cell: NeoCell | MultiNeoCell, bn: nn.BatchNorm2d) -> None:
         start += c.channels
 
 
-@torch.no_grad()
-def fold_batchnorm_into_conv_(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A new conv equal to ``bn(conv(x))`` in eval mode."""
-    scale, shift = _bn_scale_shift(bn)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
-    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
-    fused.bias.copy_(bias * scale + shift)
-    return fused
-
-
 def set_neocell_impl(module: nn.Module, impl: NeoCellImpl) -> nn.Module:
     """Switch every NeoCell/MultiNeoCell inside ``module`` to ``impl`` (e.g. "patch" for FLOP counts)."""
     _check_impl(impl)

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from timm.layers import ConvMlp, DropPath, LayerScale2d
 from torch import nn
 
-from ascan.layers.neocell import MultiNeoCell, NeoCell, NeoCellImpl, fold_batchnorm_, fold_batchnorm_into_conv_
+from ascan.layers.conv_bn import fold_conv_bn
+from ascan.layers.neocell import MultiNeoCell, NeoCell, NeoCellImpl, fold_batchnorm_
 from ascan.layers.registry import register_block
 
 MLP_RATIO = 4.0
@@ -64,7 +65,7 @@ class NeoNeXtDownsample(nn.Module):
             fold_batchnorm_(self.neocell, self.norm1)
             self.norm1 = nn.Identity()
         if isinstance(self.norm2, nn.BatchNorm2d):
-            self.conv = fold_batchnorm_into_conv_(self.conv, self.norm2)
+            self.conv = fold_conv_bn(self.conv, self.norm2)
             self.norm2 = nn.Identity()
 
 

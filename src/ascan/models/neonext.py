@@ -23,7 +23,8 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from ascan.layers.neocell import NeoCellImpl, fold_batchnorm_into_conv_, set_neocell_impl
+from ascan.layers.conv_bn import fold_conv_bn
+from ascan.layers.neocell import NeoCellImpl, set_neocell_impl
 from ascan.layers.neonext_block import (
     EARLY_STAGE_SIZES,
     LAST_STAGE_SIZES,
@@ -79,7 +80,7 @@ class SpaceToDepthStem(nn.Module):
     def reparameterize(self) -> None:
         """Fold the BatchNorm into the 1x1 conv for inference (timm ``reparameterize_model``)."""
         if isinstance(self.norm, nn.BatchNorm2d):
-            self.conv = fold_batchnorm_into_conv_(self.conv, self.norm)
+            self.conv = fold_conv_bn(self.conv, self.norm)
             self.norm = nn.Identity()
 
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 
 import ascan  # noqa: F401  (registers ascan models in timm)
 from ascan.atomic import atomic_write, atomic_write_text, save_safetensors
-from ascan.cli import UserError
+from ascan.errors import UserError
 from ascan.data.datasets import DatasetInfo, build_dataset
 from ascan.train import checkpoint as ckpt
 from ascan.train.config import TrainConfig, config_from_dict, config_to_dict, save_config
