@@ -24,12 +24,12 @@ from torch import nn
 
 from ascan.layers.neocell import MultiNeoCell
 from ascan.layers.neonext_block import EARLY_STAGE_SIZES, LAST_STAGE_SIZES
+from ascan.paper import paper_figures
 
 DWCONV_KERNEL = 7  # the ConvNeXt depthwise conv NeoCell replaces
-PAPER_SIZES = {  # Table 1: params (M), GFLOPs at 224 (fvcore convention: multiply-adds)
-    "neonext_tiny": (27.7, 4.40),
-    "neonext_small": (49.6, 8.60),
-    "neonext_base": (87.3, 15.19),
+PAPER_SIZES = {  # Table 1 of the NeoNeXt paper: params (M), GFLOPs at 224 (fvcore: multiply-adds)
+    name: (paper_figures(name).params_m, paper_figures(name).macs_g)
+    for name in ("neonext_tiny", "neonext_small", "neonext_base")
 }
 
 

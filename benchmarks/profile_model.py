@@ -16,7 +16,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import ascan  # noqa: F401  (registers the models)
-from ascan.fuse import fuse
+from ascan import fuse
 
 
 def main() -> None:

@@ -71,7 +71,7 @@ def main() -> int:
         cfg = load_config(args.config, overrides + args.overrides)
         cfg.model.kwargs = kwargs
         started = time.time()
-        run = train(cfg)
+        run = train(cfg, overwrite=True)
         final = run.metrics
         best_model = run.ema_model if run.ema_model is not None else run.model
         results[label] = {"layout": layout, "top1": final.get("ema_top1", final.get("test_top1")),

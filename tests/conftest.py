@@ -7,3 +7,44 @@ The test models are tiny; on a 2-core machine PyTorch's thread pool costs more t
 import torch
 
 torch.set_num_threads(1)
+
+
+# ---- shared helpers, offered as fixtures (a test file never imports another test file) ----------------
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from ascan.data.idx import write_idx  # noqa: E402
+from ascan.layers.registry import BLOCKS  # noqa: E402
+
+
+def write_fake_fashion_mnist(root, n_train: int = 40, n_test: int = 20, seed: int = 0, gz: bool = True):
+    """Random images with the official Fashion-MNIST file names under ``root``; returns the arrays written."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    suffix = ".gz" if gz else ""
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=(n,), dtype=np.uint8)
+        write_idx(root / f"{prefix}-images-idx3-ubyte{suffix}", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
+        arrays[prefix] = (images, labels)
+    return arrays
+
+
+@pytest.fixture
+def fake_fashion_mnist():
+    """:func:`write_fake_fashion_mnist`: ``fake_fashion_mnist(root, n_train=48, n_test=24)``."""
+    return write_fake_fashion_mnist
+
+
+def block_letters(model) -> list[str]:
+    """Each stage of an ascan model as the string of its blocks' layout letters (from the letter registry)."""
+    letter_of = {spec.cls: letter for letter, spec in BLOCKS.items()}
+    return ["".join(letter_of[type(block)] for block in stage.blocks) for stage in model.stages]
+
+
+@pytest.fixture
+def layout_letters():
+    """:func:`block_letters`: ``layout_letters(model) == ["CC", "CCCT", ...]``."""
+    return block_letters

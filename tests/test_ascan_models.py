@@ -6,10 +6,13 @@ import torch
 from timm.layers import DropPath
 
 import ascan  # noqa: F401
-from ascan.layers import RelPosBias
+from ascan.layers import RelPosBiasTable
+from ascan.layout import parse_layout
 from ascan.models.ascan import checkpoint_filter_fn, load_weights, save_weights
+from ascan.paper import paper_figures
 
-PAPER_PARAMS_M = {"ascan_tiny": 55, "ascan_base": 98, "ascan_large": 173}
+# Exact counts at 1000 classes (README's table); the paper's rounded figures are checked against them below.
+PARAMS = {"ascan_tiny": 55_201_678, "ascan_base": 97_571_680, "ascan_large": 173_284_616}
 PARAM_TOLERANCE = 0.03
 SMALL = dict(widths=(16, 32, 64, 128), stem_width=16, head_width=64, block_kwargs={"T": {"head_dim": 16}})
 
@@ -18,26 +21,26 @@ def small_model(layout="CC-CCCT-CCTT-CTTT", **kwargs):
     return timm.create_model("ascan_tiny", layout=layout, num_classes=5, **{**SMALL, **kwargs})
 
 
-@pytest.mark.parametrize("name", PAPER_PARAMS_M)
+@pytest.mark.parametrize("name", PARAMS)
 def test_params_match_the_paper(name):
     with torch.device("meta"):
         model = timm.create_model(name)
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    assert abs(params / PAPER_PARAMS_M[name] - 1) <= PARAM_TOLERANCE, f"{name}: {params:.2f}M"
+    params = sum(p.numel() for p in model.parameters())
+    assert params == PARAMS[name]
+    assert abs(params / 1e6 / paper_figures(name).params_m - 1) <= PARAM_TOLERANCE, f"{name}: {params / 1e6:.2f}M"
 
 
-def test_table5_stage_structure():
+def test_table5_stage_structure(layout_letters):
     with torch.device("meta"):
         model = timm.create_model("ascan_base")
-    letters = ["".join(type(b).__name__[0] for b in stage.blocks) for stage in model.stages]
-    assert letters == ["FF", "FFFFPP", "F" * 7 + "P" * 7, "FPPP"]  # FusedMBConv / ParallelTransformerBlock
+    assert layout_letters(model) == ["".join(stage) for stage in parse_layout("CC-C4T2-C7T7-CTTT")]
     assert [info["num_chs"] for info in model.feature_info] == [96, 192, 384, 768]
     assert model.num_features == 768
 
 
 def test_create_model_round_trip():
     model = timm.create_model("ascan_tiny", num_classes=10, drop_path_rate=0.1)
-    assert model.num_classes == 10 and model.fc.out_features == 10
+    assert model.num_classes == 10 and model.get_classifier().out_features == 10
     drops = [m.drop_prob for m in model.modules() if isinstance(m, DropPath)]
     assert max(drops) == pytest.approx(0.1) and len(drops) == 14 - 1  # linear ramp from 0 over 14 blocks
     assert model.pretrained_cfg["input_size"] == (3, 224, 224)
@@ -51,7 +54,7 @@ def test_forward_head_and_reset_classifier():
     assert feats.shape == (2, 64, 2, 2)
     pre = model.forward_head(feats, pre_logits=True)
     assert torch.allclose(pre, feats.mean((2, 3)), atol=1e-6)
-    assert torch.allclose(model.forward_head(feats), model.fc(pre))
+    assert torch.allclose(model.forward_head(feats), model.get_classifier()(pre))
     model.reset_classifier(7)
     assert model(x).shape == (2, 7)
 
@@ -59,7 +62,7 @@ def test_forward_head_and_reset_classifier():
 def test_no_weight_decay_lists_every_position_table():
     model = small_model()
     names = model.no_weight_decay()
-    assert len(names) == sum(isinstance(m, RelPosBias) for m in model.modules()) == 6
+    assert len(names) == sum(isinstance(m, RelPosBiasTable) for m in model.modules()) == 6
     assert all(name.endswith("rel_pos.table") for name in names)
 
 
@@ -158,3 +161,99 @@ def test_compile_matches_eager():
     eager = model(x)
     compiled = torch.compile(model, fullgraph=True)
     assert torch.allclose(compiled(x), eager, rtol=1e-4, atol=1e-5)
+
+
+# ---- one skeleton for the three families ---------------------------------------------------------------
+
+FAMILIES = {  # small members of each family, same timm entry points as the registered models
+    "ascan": ("ascan_tiny", SMALL),
+    "coatnet": ("ascan_coatnet_0", dict(widths=(16, 32, 64, 128), stem_width=16, block_kwargs={"R": {"head_dim": 16}})),
+    "neonext": ("neonext_tiny", dict(layout="N-N-NN-N", widths=(16, 24, 32, 40), stem_width=16)),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_has_the_same_timm_interface(family):
+    """Same class, same head type, and the timm API behaving the same way for AsCAN, CoAtNet and NeoNeXt."""
+    from timm.layers import ClassifierHead, NormMlpClassifierHead
+
+    from ascan.models.ascan import AscanNet
+
+    name, kwargs = FAMILIES[family]
+    model = timm.create_model(name, num_classes=5, **kwargs).eval()
+    assert isinstance(model, AscanNet)
+    assert isinstance(model.head, NormMlpClassifierHead if family == "coatnet" else ClassifierHead)
+    assert model.get_submodule(model.pretrained_cfg["classifier"]) is model.get_classifier()
+    assert model.get_classifier().out_features == 5
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        final, inter = model.forward_intermediates(x)
+        assert torch.equal(final, feats) and len(inter) == len(model.feature_info) == 4
+        assert [f.shape[1] for f in inter] == [info["num_chs"] for info in model.feature_info]
+        assert [64 // f.shape[-1] for f in inter] == [info["reduction"] for info in model.feature_info]
+        assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+    model.reset_classifier(3)
+    assert model(x).shape == (2, 3) and model.num_classes == 3
+    model.set_grad_checkpointing(True)
+    assert all(stage.grad_checkpointing for stage in model.stages)
+    assert model.no_weight_decay() == {n for n, _ in model.named_parameters() if n.endswith("rel_pos.table")}
+    assert set(model.group_matcher()) == {"stem", "blocks"}
+    assert model.resize_state_dict(model.state_dict()).keys() == model.state_dict().keys()
+
+
+def test_legacy_state_dict_keys_load_through_the_filter():
+    """Files written before the head became a timm head (``fc``, ``head_norm``) and NeoNeXt's transitions
+    moved into their stage's first block (``stages.i.downsample``) load unchanged through the filter."""
+    renames = (("head.fc.", "fc."), ("head.norm.", "head_norm."), (".blocks.0.transition.", ".downsample."))
+    for name, kwargs in FAMILIES.values():
+        torch.manual_seed(0)
+        model = timm.create_model(name, num_classes=5, **kwargs).eval()
+        old = {}
+        for key, value in model.state_dict().items():
+            for new, before in renames:
+                key = key.replace(new, before)
+            old[key] = value
+        assert old.keys() != model.state_dict().keys()
+        other = timm.create_model(name, num_classes=5, **kwargs).eval()
+        other.load_state_dict(other.resize_state_dict(old))
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            assert torch.equal(other(x), model(x)), name
+
+
+def test_info_shows_the_paper_column_for_every_family(capsys):
+    """``ascan info`` puts each model's published figures (from ascan.paper) beside it, NeoNeXt's included."""
+    from ascan.info import main as info_main
+
+    assert info_main(["--models", "neonext_*", "--no-macs"]) == 0
+    out = capsys.readouterr().out
+    for name, params, macs in (("neonext_tiny", "27.7", "4.4"), ("neonext_base", "87.3", "15.19")):
+        line = next(line for line in out.splitlines() if name in line)
+        assert params in line and macs in line, line
+    assert "fvcore counts, i.e. MACs" in out  # the paper's "GFLOPs" column, labelled for what it is
+
+
+def test_every_paper_model_is_registered_and_has_a_published_row():
+    from ascan.paper import PAPER
+
+    for name in timm.list_models(["ascan_*", "neonext_*"]):
+        assert (name in PAPER) == (name != "ascan_nano"), name
+    assert all(timm.is_model(name) for name in PAPER), [n for n in PAPER if not timm.is_model(n)]
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    (dict(stem_stride=0), "stem_stride"), (dict(stage_strides=(2, 0, 2, 2)), "stage_strides"),
+    (dict(stage_strides=(2, 2)), "stage strides"), (dict(stem_width=0), "stem_width"),
+    (dict(head_width=-1), "head_width"), (dict(stem="pixel"), "stem must be one of"),
+])
+def test_out_of_range_settings_name_their_field(override, field):
+    with pytest.raises(ValueError, match=field):
+        timm.create_model("ascan_nano", **override)
+
+
+def test_ascan_tiny_macs_are_the_readme_figure():
+    """10.30 GMACs (README), attention products included; the paper prints 7.7 (RESULTS.md explains the gap)."""
+    from ascan.flops import count_macs
+
+    assert count_macs(timm.create_model("ascan_tiny"), (3, 224, 224)) == 10_296_472_064

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ascan.layers import ParallelTransformerBlock, RelPosBias, relative_position_index, resize_rel_pos_table
+from ascan.layers import ParallelTransformerBlock, RelPosBiasTable, relative_position_index, resize_rel_pos_table
 
 
 @given(st.integers(1, 6), st.integers(1, 6))
@@ -75,7 +75,7 @@ def test_resize_keeps_zero_offset_and_constants():
 
 
 def test_bias_at_other_size_uses_interpolated_table():
-    bias = RelPosBias(2, (7, 7))
+    bias = RelPosBiasTable(2, (7, 7))
     out = bias((10, 12))
     assert out.shape == (2, 120, 120)
     # the diagonal (zero offset) equals the table's centre value, at any size
@@ -83,7 +83,7 @@ def test_bias_at_other_size_uses_interpolated_table():
 
 
 def test_set_feat_size_then_back_is_close_for_smooth_tables():
-    bias = RelPosBias(1, (7, 7))
+    bias = RelPosBiasTable(1, (7, 7))
     with torch.no_grad():
         yy, xx = torch.meshgrid(torch.linspace(-1, 1, 13), torch.linspace(-1, 1, 13), indexing="ij")
         bias.table.copy_((yy ** 2 + xx)[None])

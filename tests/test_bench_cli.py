@@ -13,8 +13,9 @@ from torch import nn
 
 import ascan  # noqa: F401  (registers ascan models)
 from ascan.bench import presets
-from ascan.bench.memory import LiveTensorBytes, count_flops, step_peak_bytes
+from ascan.bench.memory import LiveTensorBytes, step_peak_bytes
 from ascan.cli import main as ascan_main
+from ascan.flops import count_flops
 
 
 def _run(capsys, *args: str) -> tuple[int, str, str]:
@@ -128,6 +129,19 @@ def test_count_flops_matches_conv_and_linear_formulas():
     assert count_flops(lambda: conv(x)) == 2 * (2 * 8 * 10 * 10) * (3 * 3 * 3)
     linear = nn.Linear(16, 4)
     assert count_flops(lambda: linear(torch.randn(5, 16))) == 2 * 5 * 16 * 4
+
+
+def test_count_flops_counts_cpu_attention_like_its_two_matmuls():
+    """SDPA on CPU (the flash kernel torch's counter has no formula for) counts as QK^T and AV by hand."""
+    b, h, n, d = 2, 3, 49, 16
+    q = torch.randn(b, h, n, d, requires_grad=True)
+
+    def by_hand():
+        return (q @ q.transpose(-1, -2) / d**0.5).softmax(-1) @ q
+
+    sdpa = count_flops(lambda: nn.functional.scaled_dot_product_attention(q, q, q))
+    assert sdpa == count_flops(by_hand) == 2 * (2 * b * h * n * n * d)
+    assert count_flops(lambda: nn.functional.scaled_dot_product_attention(q, q, q).sum().backward()) > sdpa
 
 
 def test_live_tensor_bytes_tracks_the_peak_of_alive_storages():

@@ -8,7 +8,7 @@ import torch
 from torch.profiler import profile
 
 import ascan  # noqa: F401  (registers ascan models)
-from ascan.fuse import fuse
+from ascan import fuse
 from ascan.layers.transformer import ParallelTransformerBlock
 
 FUSED_CPU_KERNEL = "aten::_scaled_dot_product_flash_attention_for_cpu"

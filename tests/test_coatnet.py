@@ -13,11 +13,14 @@ from hypothesis import strategies as st
 import ascan  # noqa: F401  (registers blocks and models)
 from ascan.layers.registry import get_block
 from ascan.layers.rel_attention import RelativeAttention, RelAttnBlock, relative_attention
-from ascan.layers.rel_pos import RelPosBias
+from ascan.layers.rel_pos import RelPosBiasTable, resize_rel_pos_table
 from ascan.models.ascan import checkpoint_filter_fn
-from ascan.models.coatnet import COATNET_CFGS, PAPER_FIGURES
+from ascan.models.coatnet import COATNET_CFGS
+from ascan.paper import paper_figures
 
 PARAM_TOLERANCE = 0.05
+PARAMS = {"ascan_coatnet_0": 24_446_292, "ascan_coatnet_1": 41_635_248, "ascan_coatnet_2": 73_635_272,
+          "ascan_coatnet_3": 164_605_624}
 MAC_TOLERANCE = 0.10
 
 
@@ -101,7 +104,7 @@ def test_relative_attention_matches_naive_loop(height, width, heads, head_dim, p
     gen = torch.Generator().manual_seed(seed)
     n = height * width
     q, k, v = (torch.randn(2, heads, n, head_dim, generator=gen, dtype=torch.float64) for _ in range(3))
-    rel_pos = RelPosBias(heads, (height, width)).double()
+    rel_pos = RelPosBiasTable(heads, (height, width)).double()
     with torch.no_grad():
         rel_pos.table.normal_(generator=gen)  # O(1) values so the kernel visibly matters
     got = relative_attention(q, k, v, rel_pos((height, width)), placement)
@@ -111,7 +114,7 @@ def test_relative_attention_matches_naive_loop(height, width, heads, head_dim, p
 
 def test_pre_and_post_softmax_differ_and_unknown_placement_is_rejected():
     q, k, v = (torch.randn(1, 2, 9, 4, dtype=torch.float64) for _ in range(3))
-    kernel = RelPosBias(2, (3, 3)).double()((3, 3)).detach() * 50
+    kernel = RelPosBiasTable(2, (3, 3)).double()((3, 3)).detach() * 50
     assert not torch.allclose(relative_attention(q, k, v, kernel, "pre"), relative_attention(q, k, v, kernel, "post"))
     with pytest.raises(ValueError, match="placement"):
         relative_attention(q, k, v, kernel, "middle")
@@ -144,7 +147,7 @@ def test_block_is_registered_with_the_standard_signature():
 
 
 def test_kernel_is_exact_at_its_own_size_and_resize_is_identity():
-    rel_pos = RelPosBias(3, (4, 5))
+    rel_pos = RelPosBiasTable(3, (4, 5))
     table = rel_pos.table.detach().clone()
     kernel = rel_pos((4, 5)).detach()
     for i in range(20):
@@ -197,10 +200,15 @@ def test_coatnet_sizes_match_paper_and_timm(index):
     ref = timm.create_model(f"coatnet_{index}_224")
     assert model.cfg.layout == COATNET_CFGS[index].layout
     params = sum(p.numel() for p in model.parameters())
-    assert abs(params / 1e6 / PAPER_FIGURES[name][0] - 1) <= PARAM_TOLERANCE
+    assert params == PARAMS[name]  # README's 24.45 / 41.64 / 73.64 / 164.61M
+    assert abs(params / 1e6 / paper_figures(name).params_m - 1) <= PARAM_TOLERANCE
     # stage by stage the same blocks as timm's CoAtNet (timm differs only in its pre-logits head)
     for ours, theirs in zip(model.stages, ref.stages, strict=True):
         assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+    # the heads: the same NormMlpClassifierHead, timm's with a width x width pre-logits layer (+ tanh)
+    width = COATNET_CFGS[index].widths[-1]
+    extra = sum(p.numel() for p in ref.head.parameters()) - sum(p.numel() for p in model.head.parameters())
+    assert type(ref.head) is type(model.head) and extra == width * width + width
 
 
 def test_coatnet_0_layout_is_table3():
@@ -216,11 +224,18 @@ def test_coatnet_placement_option_reaches_every_r_block():
 @pytest.mark.slow
 @pytest.mark.parametrize("index", [0, 1, 2, 3])
 def test_coatnet_macs_near_paper(index):
-    from ascan.info import count_macs
+    from ascan.flops import count_macs
 
     name = f"ascan_coatnet_{index}"
     macs = count_macs(timm.create_model(name), (3, 224, 224)) / 1e9
-    assert abs(macs / PAPER_FIGURES[name][1] - 1) <= MAC_TOLERANCE
+    assert abs(macs / paper_figures(name).macs_g - 1) <= MAC_TOLERANCE
+
+
+def test_coatnet_0_macs_are_the_readme_figure():
+    """4.55 GMACs (README), the same as timm's coatnet_0_224 with the same counter (attention included)."""
+    from ascan.flops import count_macs
+
+    assert count_macs(timm.create_model("ascan_coatnet_0"), (3, 224, 224)) == 4_545_917_952
 
 
 def test_coatnet_features_only_matches_intermediates():
@@ -240,13 +255,20 @@ def test_coatnet_features_only_matches_intermediates():
 
 
 def test_coatnet_head_normalises_pooled_features(coatnet0):
+    """timm's NormMlpClassifierHead without a pre-logits layer: pool, LayerNorm (eps 1e-5), linear."""
+    from timm.layers import NormMlpClassifierHead
+
     x = torch.randn(2, 3, 64, 64)
-    norm = coatnet0.head_norm
+    head = coatnet0.head
+    assert isinstance(head, NormMlpClassifierHead) and isinstance(head.pre_logits, torch.nn.Identity)
+    assert head.norm.eps == 1e-5  # nn.LayerNorm's default (timm's coatnet_* use 1e-6)
     with torch.no_grad():
         feats = coatnet0.forward_features(x)
-        pooled = torch.nn.functional.layer_norm(feats.mean((2, 3)), (768,), norm.weight, norm.bias, norm.eps)
-        torch.testing.assert_close(coatnet0.forward_head(feats, pre_logits=True), pooled)
-        torch.testing.assert_close(coatnet0(x), coatnet0.fc(pooled))
+        pooled = naive_layer_norm(feats.mean((2, 3)).double(), head.norm.weight.double(), head.norm.bias.double(),
+                                  head.norm.eps)
+        torch.testing.assert_close(coatnet0.forward_head(feats, pre_logits=True).double(), pooled)
+        logits = pooled @ head.fc.weight.double().T + head.fc.bias.double()
+        torch.testing.assert_close(coatnet0(x).double(), logits, rtol=1e-5, atol=1e-5)
 
 
 def test_r_block_scripts_and_fx_traces():
@@ -260,6 +282,24 @@ def test_r_block_scripts_and_fx_traces():
         x = torch.randn(2, 1, 32, 32)
         with torch.no_grad():
             want = model(x)
-            torch.testing.assert_close(create_feature_extractor(model, return_nodes=["fc"])(x)["fc"], want)
+            torch.testing.assert_close(create_feature_extractor(model, return_nodes=["head.fc"])(x)["head.fc"], want)
             if placement == "post":  # one compile covers both: the placement is a runtime string
                 torch.testing.assert_close(torch.jit.script(model)(x), want)
+
+
+def test_resize_state_dict_resizes_coatnet_tables_like_resize_rel_pos_table():
+    """``model.resize_state_dict`` (what ``ascan finetune`` calls) resizes every table of a CoAtNet-layout
+    model to the new model's map sizes, exactly as ``resize_rel_pos_table`` does by hand; the rest is unchanged."""
+    small = dict(widths=(16, 32, 64, 128), stem_width=16, block_kwargs={"R": {"head_dim": 16}}, num_classes=3)
+    src = timm.create_model("ascan_coatnet_0", img_size=64, **small)
+    dst = timm.create_model("ascan_coatnet_0", img_size=96, **small)
+    state = src.state_dict()
+    resized = dst.resize_state_dict(state)
+    tables = [k for k in state if k.endswith("rel_pos.table")]
+    assert len(tables) == 7  # one per R block of MM-MMM-RRRRR-RR
+    for key in tables:
+        feat = dst.get_submodule(key.rsplit(".", 1)[0]).feat_size
+        assert resized[key].shape[-2:] == (2 * feat[0] - 1, 2 * feat[1] - 1) != state[key].shape[-2:]
+        torch.testing.assert_close(resized[key], resize_rel_pos_table(state[key], feat), rtol=0, atol=0)
+    assert all(resized[k] is state[k] for k in state if k not in tables)
+    dst.load_state_dict(resized)  # every shape now fits the 96 px model

@@ -9,6 +9,7 @@ import torch
 from ascan.data.datasets import FashionMNIST, fashion_mnist_transform, parse_rand_augment
 from ascan.data.fashion_mnist import MEAN, STD, load_fashion_mnist
 from ascan.data.idx import IdxFormatError, write_idx
+from ascan.errors import UserError
 from ascan.train.config import AugConfig
 
 
@@ -54,7 +55,7 @@ def test_truncated_file_is_a_format_error(tmp_path):
 
 
 def test_missing_folder_says_how_to_install(tmp_path):
-    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+    with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
         load_fashion_mnist(tmp_path / "nope", "train")
 
 
@@ -86,7 +87,7 @@ def test_train_transform_only_translates_and_flips(tmp_path):
 
 def test_rand_augment_spec():
     assert parse_rand_augment("rand-m15-n2") == (2, 15)
-    with pytest.raises(ValueError, match="unknown part"):
+    with pytest.raises(UserError, match="unknown part"):
         parse_rand_augment("rand-x3")
-    with pytest.raises(ValueError, match="0..30"):
+    with pytest.raises(UserError, match="0..30"):
         parse_rand_augment("rand-m40-n2")

@@ -10,7 +10,8 @@ from timm.layers import ConvNormAct, StdConv2d
 from torch import nn
 
 import ascan  # noqa: F401  (registers ascan models)
-from ascan.fuse import fold_conv_bn, fuse, fuse_with_summary
+from ascan.fusion import fuse, fuse_with_summary
+from ascan.layers.conv_bn import fold_conv_bn
 
 RELATIVE_TOLERANCE = 1e-5
 

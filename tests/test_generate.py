@@ -11,12 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ascan.generate.autoencoder import PixelSpace, SmallAutoencoder
+from ascan.generate.blocks import Attention
 from ascan.generate.conditioning import Conditioning, LabelEmbedder, timestep_embedding
 from ascan.generate.diffusion import DDPM
 from ascan.generate.dit import DiT, DiTConfig
 from ascan.generate.flow import FlowMatching, guided, integrate_ode, interpolate
 from ascan.generate.text import HashTextEncoder
-from ascan.generate.unet import AscanUNet, Attention, UNetConfig
+from ascan.generate.unet import AscanUNet, UNetConfig
 from ascan.layout import LayoutError
 
 TINY = dict(widths=(8, 16, 16), head_dim=8, cond_dim=16, expand_ratio=1.0)
@@ -51,7 +52,7 @@ def test_unet_output_shape(layout, size_mult, patch, up_reverse):
 
 
 def test_unet_zero_init_predicts_zero_and_layout_mirrors():
-    model = tiny_unet(down="CC-CCTT-CTTT", mid="TT")
+    model = tiny_unet(down="CC-CCTT-CTTT", mid="TT", num_classes=10)
     assert model.layout_str() == "down=CC-CCTT-CTTT mid=TT up=TTTC-TTCC-CC"
     assert tiny_unet(down="CC-CCTT-CTTT", up_reverse=False).layout_str().endswith("up=CTTT-CCTT-CC")
     out = model(torch.randn(2, 1, 16, 16), torch.rand(2), Conditioning(labels=torch.tensor([1, 2])))
@@ -91,11 +92,11 @@ def test_unet_text_cross_attention_changes_output():
 
 def test_dit_shape_and_patch_roundtrip():
     torch.manual_seed(0)
-    model = DiT(DiTConfig(width=16, depth=2, head_dim=8, cond_dim=16, patch_size=4)).eval()
+    model = DiT(DiTConfig(width=16, depth=2, head_dim=8, cond_dim=16, patch_size=4, num_classes=10)).eval()
     x = torch.randn(2, 1, 32, 32)
     assert model(x, torch.rand(2), Conditioning(labels=torch.tensor([0, 1]))).shape == x.shape
     # unpatchify must invert timm's patchify order: an identity patch embed + head maps x to x
-    cfg = DiTConfig(width=16, depth=0, head_dim=8, cond_dim=16, patch_size=4)
+    cfg = DiTConfig(width=16, depth=0, head_dim=8, cond_dim=16, patch_size=4, num_classes=10)
     ident = DiT(cfg).eval()
     with torch.no_grad():
         ident.patch.proj.weight.zero_()
@@ -249,7 +250,7 @@ def test_ddim_clipping_bounds_a_wrong_epsilon():
     assert DDPM(clip_x0=None).sample(zero_eps, noise, Conditioning(), steps=5).abs().max() > 10
 
 
-def test_cfg_scale_one_is_conditional_and_scale_s_matches_formula():
+def test_guidance_scale_one_is_conditional_and_scale_s_matches_formula():
     model = tiny_unet(num_classes=10).eval()
     randomize_zero_inits(model)
     x, t = torch.randn(3, 1, 16, 16), torch.rand(3)
@@ -262,78 +263,220 @@ def test_cfg_scale_one_is_conditional_and_scale_s_matches_formula():
     assert not torch.allclose(c, u, atol=1e-5)
 
 
-# ---------------------------------------------------------------- training, checkpoints, seeds
+# ---------------------------------------------------------------- config, task, training on the engine
+
+TINY_OVERRIDES = ["model.unet.widths=[8,16,16]", "model.unet.head_dim=8", "model.unet.cond_dim=16",
+                  "model.unet.expand_ratio=1", "model.dit.width=16", "model.dit.depth=2", "model.dit.head_dim=8",
+                  "model.dit.cond_dim=16", "model.text_encoder=hash", "data.batch_size=4", "data.eval_size=8",
+                  "optim.warmup_steps=1", "sample.steps=2", "sample.preview_per_class=1", "progress=false",
+                  "checkpoint_every_minutes=null", "checkpoint_every_steps=null"]
 
 
-def tiny_train_config(**kw):
-    from ascan.generate.train import GenTrainConfig
+def tiny_config(tmp_path, *overrides):
+    from ascan.generate.config import load_config
 
-    base = dict(steps=3, batch_size=4, warmup_steps=1, sample_steps=2, text_encoder="hash",
-                unet=UNetConfig(**TINY, patch_size=2).to_dict(),
-                dit=DiTConfig(width=16, depth=2, head_dim=8, cond_dim=16, patch_size=4).to_dict())
-    return GenTrainConfig(**{**base, **kw})
+    return load_config(None, [*TINY_OVERRIDES, f"output={tmp_path}", *overrides])
 
 
-def fake_data(n=32):
-    g = torch.Generator().manual_seed(0)
-    return torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8), torch.arange(n) % 10
+def fake_images(n=32, seed=0):
+    from ascan.generate.data import ImageSet
+
+    g = torch.Generator().manual_seed(seed)
+    return ImageSet(torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8), torch.arange(n) % 10, 10)
 
 
-@pytest.mark.parametrize("model,objective,cond", [("unet", "flow", "class"), ("dit", "ddpm", "class"),
-                                                  ("unet", "flow", "text")])
-def test_save_load_roundtrip_and_resume(tmp_path, model, objective, cond):
-    from ascan.generate.train import CHECKPOINT, GenTrainer, load_generator
+def test_yaml_config_equals_builtin_defaults():
+    from pathlib import Path
 
-    images, labels = fake_data()
-    cfg = tiny_train_config(model=model, objective=objective, cond=cond)
-    enc = HashTextEncoder()
-    tr = GenTrainer(cfg, images, labels, text_encoder=enc)
+    from ascan.generate.config import GenConfig, load_config
+
+    yaml_path = Path(__file__).resolve().parents[1] / "configs" / "generate_fashion_mnist.yaml"
+    assert load_config(yaml_path) == GenConfig()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.unet.foo=1", "unknown config key 'model.unet.foo'"),
+    ("model.unet.num_classes=3", "model.unet.num_classes is set from the data"),
+    ("model.unet.cond_dim=0", r"model.unet.cond_dim must be in \[1, inf\]"),
+    ("model.unet.down=CM-CT-TT", "model.unet: unknown character 'M' at position 1 in 'CM-CT-TT'"),
+    ("model.unet.patch_size=3", "model.unet: img_size 32 must be divisible by 12"),
+    ("model.unet.head_dim=6", r"model.unet: widths \[16, 16, 16\] of stages with T blocks are not multiples "
+                              "of head_dim 6"),
+    ("model.dit.width=20", "model.dit: width 20 is not a multiple of head_dim 8"),
+    ("model.unet.widths=[8,x]", "model.unet.widths must be a list of positive ints"),
+    ("sample.guidance_scale=-1", r"sample.guidance_scale must be in \[0, 100\]"),
+    ("optim.min_lr=1", "optim.min_lr .* must not exceed optim.lr"),
+    ("model.cond=image", "model.cond must be one of"),
+])
+def test_config_errors_name_the_key(tmp_path, override, message):
+    from ascan.errors import UserError
+
+    arch = ["model.arch=dit"] if override.startswith("model.dit") else []
+    with pytest.raises(UserError, match=message):
+        tiny_config(tmp_path, *arch, override)
+
+
+def test_set_merges_into_architecture_defaults(tmp_path):
+    from ascan.generate.config import GenConfig
+
+    cfg = tiny_config(tmp_path, "model.unet.down=C-CT-TT")
+    assert cfg.model.unet["down"] == "C-CT-TT"
+    assert cfg.model.unet["patch_size"] == GenConfig().model.unet["patch_size"]  # the other defaults stay
+
+
+def test_num_classes_comes_from_the_data(tmp_path):
+    from ascan.generate.data import ImageSet
+    from ascan.generate.train import build_training
+
+    images = fake_images(12)
+    three = ImageSet(images.images, images.labels % 3, 3)
+    run = build_training(tiny_config(tmp_path), train_images=three)
+    assert run.settings.model.num_classes == 3
+    assert run.model.cond.label.table.num_embeddings == 3 + 1  # + the null class
+    assert run.data.null_id == 3
+
+
+class _Recorder(torch.nn.Module):
+    """Predicts zero and records the conditioning it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.seen: list[Conditioning] = []
+
+    def forward(self, x, t, cond):
+        self.seen.append(cond)
+        return x * self.w
+
+
+@pytest.mark.parametrize("cond_drop, expect_null", [(0.0, False), (1.0, True)])
+def test_task_step_drops_conditions_and_returns_objective_loss(cond_drop, expect_null):
+    from ascan.generate.task import GenerationTask
+
+    torch.manual_seed(0)
+    task = GenerationTask(FlowMatching("uniform"), null_id=10, cond_drop=cond_drop)
+    model = _Recorder()
+    x, labels = torch.randn(6, 1, 8, 8), torch.arange(6)
+    torch.manual_seed(1)
+    out = task.training_step(model, (x, labels), torch.device("cpu"))
+    want_labels = torch.full_like(labels, 10) if expect_null else labels
+    assert torch.equal(model.seen[0].labels, want_labels)
+    # zero prediction: the loss is the mean squared velocity x1 - x0, with the draw the task made
+    torch.manual_seed(1)
+    torch.rand(6)  # the dropout draw comes first
+    x0 = torch.randn(x.shape)
+    torch.testing.assert_close(out.loss, ((x - x0) ** 2).mean())
+    assert out.num_images == 6
+
+
+def test_task_evaluation_is_one_fixed_draw():
+    from ascan.generate.data import prepare
+    from ascan.generate.task import GenerationTask
+
+    model = tiny_unet(num_classes=10).eval()
+    randomize_zero_inits(model)
+    task = GenerationTask(FlowMatching(), null_id=10, cond_drop=0.1, eval_data=prepare(fake_images(8), "class"))
+    with torch.no_grad():
+        first = task.evaluate(model, torch.device("cpu"), None)
+        torch.manual_seed(123)  # the global stream does not matter
+        second = task.evaluate(model, torch.device("cpu"), None)
+    assert first == second and first["loss"] > 0
+
+
+@pytest.mark.parametrize("arch, objective, cond", [("unet", "flow", "class"), ("dit", "ddpm", "class"),
+                                                   ("unet", "flow", "text")])
+def test_step_trainer_is_the_engine_step_of_fit(tmp_path, arch, objective, cond):
+    """StepTrainer (benchmarks) and train() (the CLI) take identical steps: one engine, one loop."""
+    from ascan.generate.sample import load_generator, preview_conditioning
+    from ascan.generate.train import StepTrainer, train
+
+    overrides = [f"model.arch={arch}", f"objective.name={objective}", f"model.cond={cond}", "optim.steps=3"]
+    images = fake_images()
+    result = train(tiny_config(tmp_path / "fit", *overrides), train_images=images, eval_images=images)
+    assert result.completed and result.step == 3
+    stepper = StepTrainer(tiny_config(tmp_path / "steps", *overrides), images)
+    for _ in range(3):
+        stepper.train_step()
+    for a, b in zip(result.model.parameters(), stepper.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    # the run folder samples exactly like the in-memory EMA model
+    loaded = load_generator(tmp_path / "fit")
+    cond_batch, _ = preview_conditioning(loaded.settings, loaded.text_table)
+    torch.testing.assert_close(loaded.sample(cond_batch, seed=3), stepper.sample(cond_batch, seed=3))
+    assert (tmp_path / "fit" / "samples" / "step_000003.png").is_file()
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    import os
+    import signal
+
+    from ascan.generate.train import train
+
+    images = fake_images()
+    full = train(tiny_config(tmp_path / "full", "optim.steps=5"), train_images=images, eval_images=images)
+
+    def send_sigterm(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg = tiny_config(tmp_path / "cut", "optim.steps=5")
+    cut = train(cfg, train_images=images, eval_images=images, step_callback=send_sigterm)
+    assert not cut.completed and cut.step == 2
+    torch.manual_seed(99)  # resume must not depend on the caller's random state
+    resumed = train(cfg, resume=tmp_path / "cut", train_images=images, eval_images=images)
+    assert resumed.completed and resumed.step == 5
+    for a, b in zip(full.ema_model.parameters(), resumed.ema_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_seed_reproduces_samples(tmp_path):
+    from ascan.generate.train import StepTrainer
+
+    tr = StepTrainer(tiny_config(tmp_path), fake_images())
     tr.train_step()
-    tr.train_step()
-    tr.save(tmp_path)
-    # exported EMA weights sample exactly like the in-memory EMA
-    loaded = load_generator(tmp_path)
-    pc = tr.preview_conditioning()
-    torch.testing.assert_close(loaded.sample(pc, seed=3), tr.sample(pc, seed=3))
-    # resume: a fresh trainer loaded from last.pt takes the identical next step
-    tr2 = GenTrainer(cfg, images, labels, text_encoder=enc)
-    tr2.load(tmp_path / CHECKPOINT)
-    rng = torch.get_rng_state()
-    loss_a = tr.train_step()
-    torch.set_rng_state(rng)
-    loss_b = tr2.train_step()
-    assert loss_a == pytest.approx(loss_b, rel=1e-6)
-    for pa, pb in zip(tr.model.parameters(), tr2.model.parameters(), strict=True):
-        torch.testing.assert_close(pa, pb)
-
-
-def test_seed_reproduces_samples():
-    from ascan.generate.train import GenTrainer
-
-    images, labels = fake_data()
-    tr = GenTrainer(tiny_train_config(), images, labels)
-    tr.train_step()
-    randomize_zero_inits(tr.ema.module)
+    randomize_zero_inits(tr.ema_model)
     cond = Conditioning(labels=torch.tensor([0, 3, 7]))
     a, b, c = tr.sample(cond, seed=5), tr.sample(cond, seed=5), tr.sample(cond, seed=6)
     assert torch.equal(a, b) and not torch.allclose(a, c)
     assert a.shape == (3, 1, 32, 32) and a.min() >= 0 and a.max() <= 1
 
 
-def test_latent_space_training_with_small_autoencoder():
-    from ascan.generate.train import GenTrainer
+def test_latent_space_training_learns_the_encoded_data(tmp_path):
+    """The generator trains on calibrated latents of the images, and its validation loss falls."""
+    from ascan.generate.data import to_model, to_unit
+    from ascan.generate.train import StepTrainer
 
-    images, labels = fake_data()
+    images = fake_images(8)
+    torch.manual_seed(0)
     ae = SmallAutoencoder(latent_channels=4, width=8, levels=1)
-    ae.calibrate(torch.randn(8, 1, 32, 32))
-    unet = UNetConfig(**TINY, patch_size=1, in_chans=4, img_size=16).to_dict()
-    tr = GenTrainer(tiny_train_config(unet=unet), images, labels, autoencoder=ae)
-    assert tr.x.shape[1:] == (4, 16, 16)
-    assert math.isfinite(tr.train_step())
-    out = tr.sample(Conditioning(labels=torch.tensor([1, 2])), seed=0)
-    assert out.shape == (2, 1, 32, 32)
-    x = torch.randn(2, 1, 8, 8)
-    assert torch.equal(PixelSpace().decode(PixelSpace().encode(x)), x)
+    x = to_model(to_unit(images.images))
+    ae.calibrate(x)
+    cfg = tiny_config(tmp_path, "data.batch_size=8", "model.unet.patch_size=1", "optim.lr=3e-3",
+                      "optim.steps=25", "optim.warmup_steps=0", "model.cond_drop=0")
+    tr = StepTrainer(cfg, images, autoencoder=ae)
+    with torch.no_grad():
+        torch.testing.assert_close(tr.run.data.x, ae.encode(x))  # the training data are the latents
+    assert tr.run.data.x.std().item() == pytest.approx(1.0, abs=1e-3)  # calibrated to unit std
+    assert tr.run.settings.model.in_chans == 4 and tr.run.settings.model.image_size == 16
+    before = tr.run.task.evaluate(tr.model, torch.device("cpu"), None)["loss"]
+    for _ in range(25):  # the same 8 images every step: the fixed-draw loss must fall clearly (to ~0.55x)
+        tr.train_step()
+    after = tr.run.task.evaluate(tr.model, torch.device("cpu"), None)["loss"]
+    assert after < 0.75 * before
+    assert tr.sample(Conditioning(labels=torch.tensor([1, 2])), seed=0).shape == (2, 1, 32, 32)  # decoded
+    z = torch.randn(2, 1, 8, 8)
+    assert torch.equal(PixelSpace().decode(PixelSpace().encode(z)), z)
+
+
+def test_text_table_roundtrip(tmp_path):
+    from ascan.generate.text import TextTable
+
+    table = TextTable.build(HashTextEncoder(dim=6), ["a dark small bag", "a coat"])
+    table.save(tmp_path / "t.safetensors")
+    back = TextTable.load(tmp_path / "t.safetensors")
+    assert back.null_id == 2 and back.dim == 6
+    for a, b in ((table.tokens, back.tokens), (table.mask, back.mask), (table.pooled, back.pooled)):
+        assert torch.equal(a, b)
 
 
 # ---------------------------------------------------------------- captions and metrics
@@ -389,7 +532,7 @@ def test_classifier_features_accept_uint8_and_float():
     from ascan.generate.metrics import ClassifierFeatures, FeatureClassifier
 
     torch.manual_seed(0)
-    feat = ClassifierFeatures(FeatureClassifier())
+    feat = ClassifierFeatures(FeatureClassifier(num_classes=10))
     x = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
     torch.testing.assert_close(feat(x), feat(x.float() / 255))
     assert feat(x).shape == (3, feat.num_features)

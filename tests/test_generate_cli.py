@@ -3,60 +3,107 @@ pretrained pieces (MiniLM text encoder, FID Inception) when their packages are i
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from ascan.cli import main as ascan_main
 from ascan.data.fashion_mnist import DEFAULT_ROOT
+from ascan.engine import load_checkpoint
 
-TINY_ARGS = ["--widths", "8,16,16", "--head-dim", "8", "--cond-dim", "16", "--expand-ratio", "1",
-             "--dit-width", "16", "--dit-depth", "1", "--batch-size", "4", "--limit-train", "64",
-             "--warmup-steps", "1", "--threads", "1", "--no-progress", "--text-encoder", "hash"]
+TINY_SET = ["model.unet.widths=[8,16,16]", "model.unet.head_dim=8", "model.unet.cond_dim=16",
+            "model.unet.expand_ratio=1", "model.dit.width=16", "model.dit.depth=1", "model.dit.head_dim=8",
+            "model.dit.cond_dim=16", "data.batch_size=4", "data.train_subset=64", "data.eval_size=8",
+            "optim.warmup_steps=1", "threads=1", "model.text_encoder=hash", "sample.steps=2",
+            "sample.preview_per_class=1"]
+TINY_ARGS = ["--no-progress", "--set", *TINY_SET]
 
 needs_data = pytest.mark.skipif(not DEFAULT_ROOT.is_dir(), reason="Fashion-MNIST (dataset-fashion-mnist) missing")
 
 
 @needs_data
-def test_gen_train_resume_and_generate(tmp_path: Path, capsys):
+def test_gen_train_resume_by_run_path_and_generate(tmp_path: Path, capsys):
     out = tmp_path / "run"
-    assert ascan_main(["gen-train", "--out", str(out), "--steps", "2", "--sample-every", "2", *TINY_ARGS]) == 0
-    assert (out / "samples" / "step_000002.png").is_file() and (out / "ema.safetensors").is_file()
-    # rerunning without --resume must refuse to overwrite; with --resume it continues to the new budget
+    assert ascan_main(["gen-train", "--out", str(out), "--steps", "2", *TINY_ARGS]) == 0
+    assert (out / "samples" / "step_000002.png").is_file() and (out / "model_ema.safetensors").is_file()
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"]["num_classes"] == 10 and saved["optim"]["steps"] == 2  # resolved from the data
+    # a folder holding a run is refused; --resume RUN continues it (here to a larger budget)
+    capsys.readouterr()
     assert ascan_main(["gen-train", "--out", str(out), "--steps", "3", *TINY_ARGS]) == 2
-    assert ascan_main(["gen-train", "--out", str(out), "--steps", "3", "--resume", *TINY_ARGS]) == 0
-    state = torch.load(out / "last.pt", weights_only=True)
-    assert state["step"] == 3
+    assert "--resume" in capsys.readouterr().err
+    assert ascan_main(["gen-train", "--resume", str(out), "--steps", "3", "--no-progress"]) == 0
+    state = load_checkpoint(out)
+    assert state["step"] == 3 and state["config"]["optim"]["steps"] == 3 and "rng" in state
     grid = tmp_path / "grid.png"
-    assert ascan_main(["generate", "--ckpt", str(out), "--classes", "1", "7", "--n", "3", "--steps", "2",
-                       "--seed", "4", "--out", str(grid)]) == 0
-    w, h = Image.open(grid).size
-    assert (w, h) == (3 * 34 + 2, 2 * 34 + 2)  # 32 px tiles, 2 px padding, 3 per row, 2 rows
+    argv = ["generate", "--ckpt", str(out), "--classes", "1", "7", "--n", "3", "--steps", "2", "--seed", "4"]
+    assert ascan_main([*argv, "--out", str(grid)]) == 0
+    assert Image.open(grid).size == (3 * 34 + 2, 2 * 34 + 2)  # 32 px tiles, 2 px padding, 3 per row, 2 rows
     grid2 = tmp_path / "grid2.png"
-    ascan_main(["generate", "--ckpt", str(out), "--classes", "1", "7", "--n", "3", "--steps", "2",
-                "--seed", "4", "--out", str(grid2)])
+    assert ascan_main([*argv, "--out", str(grid2)]) == 0
     assert grid.read_bytes() == grid2.read_bytes()  # same seed, same PNG
+    assert ascan_main([*argv, "--cfg", "4", "--out", str(tmp_path / "grid3.png")]) == 0  # the README's flag
     capsys.readouterr()
     assert ascan_main(["generate", "--ckpt", str(out), "--classes", "12", "--out", str(grid)]) == 2
-    assert "class ids" in capsys.readouterr().err
+    assert "class ids must be in 0..9" in capsys.readouterr().err
     assert ascan_main(["generate", "--ckpt", str(out), "--prompts", "a bag", "--out", str(grid)]) == 2
+    # --overwrite starts over: the engine's files and the run's own (sample grids) are replaced
+    assert ascan_main(["gen-train", "--out", str(out), "--steps", "1", "--overwrite", *TINY_ARGS]) == 0
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000001.png"]
+    assert load_checkpoint(out)["step"] == 1
+
+
+def test_generate_reads_only_known_config_keys(tmp_path: Path, capsys):
+    """A run's config.yaml goes through the typed config: a key it does not know is refused, not obeyed."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": {"arch": "unet", "loader": "pickle"}}))
+    assert ascan_main(["generate", "--ckpt", str(tmp_path), "--classes", "1"]) == 2
+    assert "unknown config key 'model.loader'" in capsys.readouterr().err
 
 
 @needs_data
 def test_gen_train_text_to_image_cli(tmp_path: Path):
     out = tmp_path / "t2i"
     assert ascan_main(["gen-train", "--out", str(out), "--cond", "text", "--model", "dit", "--objective", "ddpm",
-                       "--steps", "1", "--sample-every", "100", *TINY_ARGS]) == 0
+                       "--steps", "1", *TINY_ARGS]) == 0
     grid = tmp_path / "t.png"
     assert ascan_main(["generate", "--ckpt", str(out), "--prompts", "a dark small bag", "a bright large coat",
                        "--n", "2", "--steps", "2", "--out", str(grid)]) == 0
     assert Image.open(grid).size == (2 * 34 + 2, 2 * 34 + 2)
 
 
-def test_generate_missing_checkpoint_is_user_error(tmp_path: Path):
-    assert ascan_main(["generate", "--ckpt", str(tmp_path), "--classes", "1"]) == 2
+@pytest.mark.parametrize("argv, message", [
+    (["gen-train", "--set", "model.unet.widths=[8,x]"], "model.unet.widths must be a list of positive ints"),
+    (["gen-train", "--set", "optim.steps=0"], r"optim.steps must be in \[1, inf\]"),
+    (["gen-train", "--resume", "nowhere/run"], "checkpoint nowhere/run does not exist"),
+    (["generate", "--ckpt", "nowhere", "--classes", "1"], "nowhere has no config.yaml"),
+    (["generate", "--ckpt", "nowhere", "--classes", "1", "--n", "0"], r"--n must be in \[1, inf\]"),
+])
+def test_user_errors_are_one_line(argv, message, capsys):
+    assert ascan_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert re.search(message, err)
+
+
+def test_cfg_flag_is_the_guidance_scale():
+    from ascan.generate.cli_sample import build_parser
+
+    base = ["--ckpt", "run", "--classes", "1"]
+    assert build_parser().parse_args([*base, "--cfg", "4"]).guidance_scale == 4.0
+    assert build_parser().parse_args([*base, "--guidance-scale", "1.5"]).guidance_scale == 1.5
+    assert build_parser().parse_args(base).guidance_scale is None  # None: the run's own sample.guidance_scale
+
+
+def test_print_config_applies_shortcuts_and_set(capsys):
+    assert ascan_main(["gen-train", "--print-config", "--out", "runs/x", "--steps", "7", "--model", "dit",
+                       "--set", "optim.lr=3e-4"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["output"], cfg["optim"]["steps"], cfg["model"]["arch"], cfg["optim"]["lr"]) == ("runs/x", 7, "dit",
+                                                                                               3e-4)
 
 
 def test_minilm_encoder_offline():

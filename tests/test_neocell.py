@@ -180,13 +180,15 @@ def test_wraparound_corner_filling_of_section_3_5():
 def test_subgroups_use_growing_shifts_and_official_channel_split():
     cell = MultiNeoCell(96, (4, 7), shift=True)
     assert cell.group_channels == [48, 48]
-    shifts_4 = [s for g, _, _, s in cell.subgroups if g == 0]
-    shifts_7 = [s for g, _, _, s in cell.subgroups if g == 1]
+    subgroups = list(zip(cell.sub_group, cell.sub_start, cell.sub_count, cell.sub_shift, strict=True))
+    shifts_4 = [s for g, _, _, s in subgroups if g == 0]
+    shifts_7 = [s for g, _, _, s in subgroups if g == 1]
     assert shifts_4 == [0, 1, 2, 3] and shifts_7 == list(range(7))
-    assert [n for g, _, n, _ in cell.subgroups if g == 1] == [6, 6, 6, 6, 6, 6, 12]
+    assert [n for g, _, n, _ in subgroups if g == 1] == [6, 6, 6, 6, 6, 6, 12]
+    assert [start for g, start, _, _ in subgroups if g == 1] == [0, 6, 12, 18, 24, 30, 36]
     assert split_evenly(10, 3) == [3, 3, 4]
     unshifted = MultiNeoCell(96, (7,), shift=False)
-    assert unshifted.subgroups == [(0, 0, 96, 0)]
+    assert (unshifted.sub_group, unshifted.sub_start, unshifted.sub_count, unshifted.sub_shift) == ([0], [0], [96], [0])
 
 
 def test_unshifted_single_group_equals_plain_neocell():

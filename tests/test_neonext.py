@@ -10,16 +10,21 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import ascan  # noqa: F401  (registers models and blocks)
 from ascan.layers import MultiNeoCell, NeoCell, NeoNeXtBlock, get_block
+from ascan.models.ascan import AscanNet
 from ascan.models.neonext import MODEL_CFGS, NeoNeXt
+from ascan.paper import paper_figures
 
-PAPER_PARAMS_M = {"neonext_tiny": 27.7, "neonext_small": 49.6, "neonext_base": 87.3}
-PAPER_GFLOPS = {"neonext_tiny": 4.40, "neonext_small": 8.60, "neonext_base": 15.19}  # fvcore: really GMACs
+# Exact counts at 224 (README: 27.61 / 49.35 / 86.90M, 4.38 / 8.58 / 15.16 GMACs); the paper's rounded
+# figures (its "GFLOPs" are fvcore MACs) are checked against them.
+PARAMS = {"neonext_tiny": 27_607_240, "neonext_small": 49_345_480, "neonext_base": 86_904_424}
+MACS = {"neonext_tiny": 4_383_955_200, "neonext_small": 8_583_686_400, "neonext_base": 15_163_558_912}
 SIZE_TOLERANCE = 0.03
+SMALL = dict(layout="N-N-NN-N", widths=(16, 24, 32, 40), stem_width=16, num_classes=5)
 
 
 def small_neonext(**kwargs) -> NeoNeXt:
     """A 4-stage NeoNeXt small enough for quick checks (same stage rules as the paper)."""
-    return NeoNeXt(depths=(1, 1, 2, 1), dims=(16, 24, 32, 40), num_classes=5, **kwargs)
+    return timm.create_model("neonext_tiny", **SMALL, **kwargs)
 
 
 def count_params(model: nn.Module) -> int:
@@ -29,35 +34,41 @@ def count_params(model: nn.Module) -> int:
 @pytest.mark.parametrize("name", ["neonext_tiny", "neonext_small", "neonext_base"])
 def test_param_count_matches_paper(name):
     n = count_params(timm.create_model(name))
-    assert abs(n / 1e6 / PAPER_PARAMS_M[name] - 1) < SIZE_TOLERANCE, n
+    assert n == PARAMS[name]
+    assert abs(n / 1e6 / paper_figures(name).params_m - 1) < SIZE_TOLERANCE, n
 
 
-def _gmacs(model: nn.Module, size: int = 224) -> float:
+def _macs(model: nn.Module, size: int = 224) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.randn(1, 3, size, size))
-    return counter.get_total_flops() / 2 / 1e9  # FlopCounterMode counts 2 FLOPs per multiply-add
+    return counter.get_total_flops() // 2  # FlopCounterMode counts 2 FLOPs per multiply-add
 
 
 def test_tiny_macs_match_paper_when_counted_like_the_paper():
     """The paper's fvcore hook counts NeoCell as the dense block-diagonal matmuls; so does
     FlopCounterMode on the block-diagonal form. The patch form does (and counts) less work."""
     model = timm.create_model("neonext_tiny").eval()
-    blockdiag = _gmacs(model)
+    blockdiag = _macs(model)
     model.set_neocell_impl("patch")
-    patch = _gmacs(model)
-    assert abs(blockdiag / PAPER_GFLOPS["neonext_tiny"] - 1) < SIZE_TOLERANCE, blockdiag
+    patch = _macs(model)
+    assert blockdiag == MACS["neonext_tiny"]
+    assert abs(blockdiag / 1e9 / paper_figures("neonext_tiny").macs_g - 1) < SIZE_TOLERANCE, blockdiag
     assert patch < blockdiag
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["neonext_small", "neonext_base"])
 def test_larger_macs_match_paper(name):
-    assert abs(_gmacs(timm.create_model(name).eval()) / PAPER_GFLOPS[name] - 1) < SIZE_TOLERANCE
+    macs = _macs(timm.create_model(name).eval())
+    assert macs == MACS[name]
+    assert abs(macs / 1e9 / paper_figures(name).macs_g - 1) < SIZE_TOLERANCE
 
 
-def test_layout_follows_the_paper_not_the_official_code():
+def test_layout_follows_the_paper_not_the_official_code(layout_letters):
     model = timm.create_model("neonext_tiny")
-    assert [len(s.blocks) for s in model.stages] == [3, 3, 9, 3]
+    assert isinstance(model, AscanNet) and model.cfg.layout == "N3-N3-N9-N3"
+    assert layout_letters(model) == ["NNN", "NNN", "N" * 9, "NNN"]
+    assert isinstance(model.stages[0].blocks[0].transition, nn.Identity)  # the stem already gives stage 1's width
     for stage_idx, stage in enumerate(model.stages):
         cell = stage.blocks[0].neocell
         assert isinstance(cell, MultiNeoCell)
@@ -65,7 +76,7 @@ def test_layout_follows_the_paper_not_the_official_code():
             assert cell.sizes == (4, 7) and cell.shift
         else:
             assert cell.sizes == (7,) and not cell.shift
-    down = model.stages[1].downsample  # paper order: NeoCell(2->1), BN, GELU, 1x1 conv, BN, GELU
+    down = model.stages[1].blocks[0].transition  # paper order: NeoCell(2->1), BN, GELU, 1x1 conv, BN, GELU
     order = [type(m) for m in down.children()]
     assert order == [NeoCell, nn.BatchNorm2d, nn.GELU, nn.Conv2d, nn.BatchNorm2d, nn.GELU]
     assert (down.neocell.h, down.neocell.h_out) == (2, 1)
@@ -196,7 +207,7 @@ def test_n_block_picks_paper_matrix_sizes_from_feat_size():
 
 def test_model_cfgs_cover_three_sizes():
     assert set(MODEL_CFGS) == {"neonext_tiny", "neonext_small", "neonext_base"}
-    assert MODEL_CFGS["neonext_base"].dims == (128, 256, 512, 1024)
+    assert MODEL_CFGS["neonext_base"].widths == (128, 256, 512, 1024)
 
 
 def test_reparameterize_folds_batchnorms_without_changing_outputs():

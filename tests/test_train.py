@@ -9,14 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_fake_fashion_mnist
 from safetensors.torch import load_file
-from test_data_fashion_mnist import write_fake_fashion_mnist
 from torch import nn
 
 from ascan.cli import main as cli_main
-from ascan.train.config import TrainConfig, apply_overrides, load_config, parse_override
-from ascan.train.evaluate import evaluate
-from ascan.train.loop import EpochBatchSampler, train
+from ascan.config import apply_overrides, parse_override
+from ascan.engine import EpochBatchSampler
+from ascan.errors import UserError
+from ascan.train.config import TrainConfig, load_config
+from ascan.train.loop import train
+from ascan.train.metrics import evaluate
 
 # A nano AsCAN small enough for a few CPU steps, still with C and T blocks, BN, SE and drop path.
 TINY_MODEL = ["model.name=ascan_nano",
@@ -66,7 +69,7 @@ def test_file_then_overrides_take_precedence(tmp_path):
     ("nonsense", "section.key=value"),
 ])
 def test_bad_overrides_are_one_line_errors(override, message):
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(UserError, match=message) as info:
         load_config(None, [override])
     assert "\n" not in str(info.value)
 
@@ -221,3 +224,70 @@ def test_resume_with_other_num_classes_is_a_one_line_error(data_root, tmp_path, 
     err = _one_line_error(capsys, ["train", "--resume", str(tmp_path / "run"), "--set", "data.dataset=imagefolder",
                                    f"data.root={tmp_path / 'three_classes'}", "data.eval_split=train"])
     assert "trained for 10 classes" in err and "has 3" in err
+
+
+# Tiny members of the other two families (seconds per run); CoAtNet keeps its MBConv+SE / relative-attention
+# letters, NeoNeXt its NeoCell blocks.
+TINY_COATNET = ["model.name=ascan_coatnet_0",
+                "model.kwargs={widths: [8, 8, 16, 16], stem_width: 8, layout: M-M-R-R, img_size: 32, "
+                "block_kwargs: {R: {head_dim: 8}}}"]
+TINY_NEONEXT = ["model.name=neonext_tiny", "model.kwargs={layout: N-N-N-N, widths: [16, 32, 64, 128], stem_width: 16}"]
+
+
+@pytest.mark.parametrize("model", [TINY_COATNET, TINY_NEONEXT], ids=["coatnet", "neonext"])
+def test_finetune_at_a_new_size_for_every_family(data_root, tmp_path, model):
+    """lr 0: every parameter leaves fine-tuning as it came from the source's EMA, position tables resized."""
+    from ascan.layers.rel_pos import resize_rel_pos_table
+
+    source = train(tiny_config(data_root, tmp_path / "run", "max_steps=2", *model))
+    assert cli_main(["finetune", str(tmp_path / "run"), "--image-size", "64", "--epochs", "1", "--lr", "0",
+                     "--no-progress", "--set", "optim.warmup_lr=0", "optim.clip_grad=null"]) == 0
+    tuned = load_file(str(tmp_path / "run_ft64" / "model.safetensors"))
+    before = source.ema_model.state_dict()
+    tables = [k for k in before if k.endswith("rel_pos.table")]
+    assert bool(tables) == (model is TINY_COATNET)
+    for key, _ in source.ema_model.named_parameters():
+        expected = before[key]
+        if key in tables:  # the map doubles: a (2h-1)-wide table becomes (4h-1)-wide
+            assert tuned[key].shape[-2:] == (2 * expected.shape[-2] + 1, 2 * expected.shape[-1] + 1)
+            expected = resize_rel_pos_table(expected, (expected.shape[-2] + 1, expected.shape[-1] + 1))
+        torch.testing.assert_close(tuned[key], expected, msg=key)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--set", "optim.lr=abc"], "'optim.lr' expects float"),
+    (["train", "--set", "optim.clip_grad=-1"], "optim.clip_grad must be in (0, inf]"),
+    (["train", "--config", "/nonexistent/c.yaml"], "config file /nonexistent/c.yaml does not exist"),
+    (["eval", "/nonexistent/run"], "checkpoint /nonexistent/run does not exist"),
+    (["finetune", "/nonexistent/run", "--image-size", "64"], "checkpoint /nonexistent/run does not exist"),
+    (["train", "--resume", "/nonexistent/run", "--overwrite"], "give one of them"),
+])
+def test_bad_command_lines_are_one_line_errors(capsys, argv, message):
+    assert message in _one_line_error(capsys, argv)
+
+
+def test_unknown_model_is_a_one_line_error(data_root, tmp_path, capsys):
+    err = _one_line_error(capsys, ["train", "--no-progress", "--set", f"data.root={data_root}",
+                                   f"output={tmp_path / 'run'}", "model.name=no_such_net"])
+    assert "unknown model 'no_such_net'" in err
+
+
+def test_a_folder_holding_a_run_needs_resume_or_overwrite(data_root, tmp_path, capsys):
+    argv = ["train", "--no-progress", "--set", f"data.root={data_root}", f"output={tmp_path / 'run'}",
+            "data.batch_size=8", "max_steps=1", "threads=1", *TINY_MODEL]
+    assert cli_main(argv) == 0
+    first = (tmp_path / "run" / "last.pt").stat().st_mtime_ns
+    err = _one_line_error(capsys, argv)
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert (tmp_path / "run" / "last.pt").stat().st_mtime_ns == first  # untouched
+    assert cli_main([*argv, "--overwrite"]) == 0
+    assert (tmp_path / "run" / "last.pt").stat().st_mtime_ns != first
+
+
+def test_model_kwargs_cannot_choose_files_to_load(data_root, tmp_path, capsys):
+    """A config (or a checkpoint's) naming a timm checkpoint_path must not make timm unpickle that file."""
+    bait = tmp_path / "bait.pth"
+    bait.write_bytes(b"never read")
+    err = _one_line_error(capsys, ["train", "--no-progress", "--set", f"data.root={data_root}",
+                                   f"output={tmp_path / 'run'}", f"model.kwargs={{checkpoint_path: {bait}}}"])
+    assert "may not set checkpoint_path" in err

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import torch
+from conftest import write_fake_fashion_mnist
 from safetensors.torch import load_file
-from test_data_fashion_mnist import write_fake_fashion_mnist
 
 # LayerNorm-only model: without BatchNorm, averaging the gradients of two half-batches is the gradient of
 # the whole batch, so the DDP run must match a single process trained on the full global batch.

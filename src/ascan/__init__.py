@@ -4,8 +4,8 @@ Importing the package registers every model in timm's registry, so
 ``timm.create_model("ascan_tiny")`` works after ``import ascan``.
 """
 
-from ascan import layers, models  # noqa: F401  (registers blocks and models)
-from ascan.fuse import fuse  # the function shadows the module attribute; `from ascan.fuse import ...` still works
+from ascan import flops, layers, models  # noqa: F401  (registers blocks, models, the CPU attention FLOP formula)
+from ascan.fusion import fuse
 from ascan.layout import LayoutError, check_asymmetric, format_layout, parse_layout
 
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@ Library code raises ``UserError`` only where it validates user input; it never i
 from __future__ import annotations
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # as a shell reports a process stopped by Ctrl-C (128 + SIGINT)
 
 
 class UserError(Exception):

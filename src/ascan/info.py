@@ -1,40 +1,36 @@
 """``ascan info``: every registered model with its layout, size and cost beside the published figures.
 
-MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one image at the model's default
-input size and halved (the counter reports FLOPs = 2 x MACs). It counts convolutions, linear layers and
-the attention matrix products (``bmm``/SDPA); normalisation, activations, pooling and softmax are not
-counted — the usual convention of fvcore/thop-style MAC figures.
+MACs are counted by :mod:`ascan.flops` (``FlopCounterMode``, FLOPs / 2) on one image at the model's
+default input size: convolutions, linear layers and the attention matrix products; normalisation,
+activations, pooling and softmax are not counted — the usual convention of fvcore/thop-style MAC
+figures. The published figures come from :mod:`ascan.paper`.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
-import importlib
 
 import timm
 import torch
 from rich.console import Console
 from rich.table import Table
-from torch.utils.flop_counter import FlopCounterMode
 
 import ascan  # noqa: F401  (registers the models)
+from ascan.errors import UserError
+from ascan.flops import count_macs, mac_breakdown
+from ascan.paper import paper_figures
 
-MODEL_MODULES = ("ascan.models.ascan", "ascan.models.coatnet", "ascan.models.neonext")
-
-
-def paper_figures() -> dict[str, tuple[float | None, float | None]]:
-    """{model name: (params in M, MACs in G)} as published, gathered from each model family module."""
-    out: dict[str, tuple[float | None, float | None]] = {}
-    for name in MODEL_MODULES:
-        out.update(getattr(importlib.import_module(name), "PAPER_FIGURES", {}))
-    return out
+MODEL_MODULES = ("ascan", "coatnet", "neonext")  # timm's name for each module of ascan.models
+COLUMNS = ("model", "layout", "params (M)", "paper params (M)", "input", "MACs (G)", "paper MACs (G)", "source")
+WIDE_CONSOLE = 160
 
 
 def registered_models(pattern: str = "*") -> list[str]:
+    """The ascan models in timm's registry whose names match the glob ``pattern``."""
     names = []
     for module in MODEL_MODULES:
-        names += [n for n in timm.list_models(module=module.rsplit(".", 1)[-1]) if fnmatch.fnmatch(n, pattern)]
+        names += [n for n in timm.list_models(module=module) if fnmatch.fnmatch(n, pattern)]
     return names
 
 
@@ -42,46 +38,20 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
-def count_macs(model: torch.nn.Module, input_size: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass on a single image of ``input_size`` (C, H, W)."""
-    model.eval()
-    with FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *input_size))
-    return counter.get_total_flops() // 2
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
-@torch.no_grad()
-def mac_breakdown(model: torch.nn.Module, input_size: tuple[int, ...]) -> dict[str, dict[str, int]]:
-    """MACs per top-level part (stem, each stage, head) and per operator kind (conv, linear, attention)."""
-    model.eval()
-    with FlopCounterMode(display=False, depth=None) as counter:
-        model(torch.zeros(1, *input_size))
-    root = type(model).__name__
-    parts: dict[str, dict[str, int]] = {}
-    for module_name, ops in counter.get_flop_counts().items():
-        segments = module_name.split(".")
-        if segments[0] != root or len(segments) < 2 or module_name.count(".") != (2 if segments[1] in (
-                "stem", "stages") else 1):
-            continue
-        kinds: dict[str, int] = {}
-        for op, flops in ops.items():
-            kinds[_op_kind(str(op))] = kinds.get(_op_kind(str(op)), 0) + flops // 2
-        parts[".".join(segments[1:])] = kinds
-    return parts
-
-
-def _op_kind(op: str) -> str:
-    if "attention" in op:
-        return "attention (QK^T, AV)"
-    if "conv" in op:
-        return "conv"
-    return "linear" if "mm" in op else op
-
-
-def layout_of(model: torch.nn.Module) -> str:
-    cfg = getattr(model, "cfg", None)
-    return getattr(cfg, "layout", "") or getattr(model, "layout", "")
+def model_row(name: str, with_macs: bool = True) -> tuple[tuple[str, ...], str]:
+    """One table row for model ``name`` (the :data:`COLUMNS`), and the published row's note ("" if none)."""
+    model = timm.create_model(name)
+    size = model.pretrained_cfg["input_size"]
+    macs = f"{count_macs(model, size) / 1e9:.2f}" if with_macs else "-"
+    paper = paper_figures(name)
+    published = (_figure(paper.params_m), _figure(paper.macs_g), paper.source) if paper else ("-", "-", "-")
+    row = (name, model.cfg.layout, f"{count_params(model) / 1e6:.2f}", published[0], f"{size[1]}x{size[2]}",
+           macs, published[1], published[2])
+    return row, f"{paper.paper_name}: {paper.note}" if paper and paper.note else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,35 +60,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-macs", action="store_true", help="skip the MAC count (faster)")
     parser.add_argument("--breakdown", metavar="MODEL", help="MACs of one model per stage and operator kind")
     args = parser.parse_args(argv)
-    console = Console(width=None if Console().is_terminal else 160)
+    console = Console(width=None if Console().is_terminal else WIDE_CONSOLE)
     if args.breakdown:
         return print_breakdown(console, args.breakdown)
 
     names = registered_models(args.models)
     if not names:
-        raise ValueError(f"no registered model matches {args.models!r}")
-    paper = paper_figures()
+        raise UserError(f"--models {args.models!r}: no registered model matches (see 'timm.list_models()')")
     table = Table(title="ascan models (params at 1000 classes unless the model's default differs; "
                         "MACs: torch.utils.flop_counter, FLOPs/2)")
-    for col in ("model", "layout", "params (M)", "paper params (M)", "input", "MACs (G)", "paper MACs (G)"):
-        table.add_column(col, justify="left" if col in ("model", "layout") else "right")
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col in ("model", "layout", "source") else "right")
+    notes: dict[str, None] = {}
     with console.status("counting...") as status:
         for name in names:
             status.update(f"counting {name}")
-            model = timm.create_model(name)
-            size = model.pretrained_cfg["input_size"]
-            params = count_params(model) / 1e6
-            macs = "-" if args.no_macs else f"{count_macs(model, size) / 1e9:.2f}"
-            p_params, p_macs = paper.get(name, (None, None))
-            table.add_row(name, layout_of(model), f"{params:.2f}", "-" if p_params is None else f"{p_params:g}",
-                          f"{size[1]}x{size[2]}", macs, "-" if p_macs is None else f"{p_macs:g}")
+            row, note = model_row(name, with_macs=not args.no_macs)
+            table.add_row(*row)
+            if note:
+                notes[note] = None
     console.print(table)
+    for note in notes:
+        console.print(f"  {note}")
     return 0
 
 
 def print_breakdown(console: Console, name: str) -> int:
-    if name not in timm.list_models():
-        raise ValueError(f"unknown model {name!r}")
+    if not timm.is_model(name):
+        raise UserError(f"--breakdown {name!r}: not a registered model (see 'ascan info')")
     model = timm.create_model(name)
     size = model.pretrained_cfg["input_size"]
     parts = mac_breakdown(model, size)

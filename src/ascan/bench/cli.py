@@ -126,7 +126,7 @@ def explain(cfg, console) -> int:
     import torch._dynamo
 
     from ascan.bench.runner import create, input_channels, resolve_img_size
-    from ascan.fuse import fuse
+    from ascan.fusion import fuse
 
     for name in cfg.models:
         size = resolve_img_size(cfg, name)

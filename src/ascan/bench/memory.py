@@ -1,4 +1,4 @@
-"""Peak memory of one step, on any device, and MAC counts.
+"""Peak memory of one step, on any device.
 
 CUDA has allocator statistics; the CPU has none that isolate one model (the process RSS only
 grows). :class:`LiveTensorBytes` therefore follows every tensor storage that aten operations
@@ -16,7 +16,6 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -79,14 +78,3 @@ def step_peak_bytes(model: nn.Module, step: Callable[[], object], device: torch.
         transient = tracker.peak
     return weight_bytes(model) + transient
 
-
-def count_flops(step: Callable[[], object]) -> int:
-    """Floating-point operations of one call of ``step`` by torch's FlopCounterMode (MACs = FLOPs / 2).
-
-    FlopCounterMode counts matmuls, convolutions and attention (SDPA) - the operations that
-    dominate - and skips elementwise ops, norms and activations.
-    """
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    return counter.get_total_flops()

@@ -22,10 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ascan.bench import presets
-from ascan.bench.memory import count_flops, step_peak_bytes
+from ascan.bench.memory import step_peak_bytes
 from ascan.bench.timing import Case, Measurement, plan_size, run_interleaved, throughput_ratio
 from ascan.errors import UserError
-from ascan.fuse import fuse_with_summary
+from ascan.flops import count_flops
+from ascan.fusion import fuse_with_summary
+from ascan.paper import paper_figures
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FUSE_CHOICES = ("off", "on", "both")
@@ -369,7 +371,7 @@ def collect_rows(
                 ratio = throughput_ratio(measurement, results[ref_key]) if ref_key in results else None
                 flops = variant.forward_flops if mode == "infer" else variant.train_flops
                 tflops = flops * measurement.img_per_s / 1e12
-                entry = presets.TABLE4.get(variant.model_name)
+                entry = paper_figures(variant.model_name)
                 paper = getattr(entry, f"a100_b{batch_size}", None) if entry is not None else None
                 rows.append(
                     Row(

@@ -11,12 +11,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torch.utils.data import Dataset, Subset
+from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 from ascan.data.fashion_mnist import CLASSES, MEAN, STD, load_fashion_mnist
+from ascan.errors import UserError
 
 FASHION_MNIST_SIDE = 28
+MODEL_SIDE = 32  # 28 px padded to 32: the models reduce by powers of two
+RAND_MAGNITUDE_MAX = 30  # torchvision's RandAugment has 31 magnitude bins
+RAND_DEFAULT_MAGNITUDE, RAND_DEFAULT_OPS = 9, 2
+TIMM_MAGNITUDE_SCALE = RAND_MAGNITUDE_MAX / 10  # timm's RandAugment magnitudes run 0..10
+EVAL_CROP_PCT = 0.95
+RGB_CHANNELS = 3
 
 
 @dataclass(frozen=True)
@@ -63,24 +72,24 @@ def parse_rand_augment(spec: str) -> tuple[int, int]:
     """
     parts = spec.split("-")
     if parts[0] != "rand":
-        raise ValueError(f"rand_augment must look like 'rand-m9-n2', got {spec!r}")
-    magnitude, num_ops = 9, 2
+        raise UserError(f"rand_augment must look like 'rand-m9-n2', got {spec!r}")
+    magnitude, num_ops = RAND_DEFAULT_MAGNITUDE, RAND_DEFAULT_OPS
     for part in parts[1:]:
         if part.startswith("m") and part[1:].isdigit():
             magnitude = int(part[1:])
         elif part.startswith("n") and part[1:].isdigit():
             num_ops = int(part[1:])
         else:
-            raise ValueError(f"rand_augment {spec!r}: unknown part {part!r} (expected m<int> or n<int>)")
-    if not 0 <= magnitude <= 30:
-        raise ValueError(f"rand_augment magnitude must be 0..30, got {magnitude}")
+            raise UserError(f"rand_augment {spec!r}: unknown part {part!r} (expected m<int> or n<int>)")
+    if not 0 <= magnitude <= RAND_MAGNITUDE_MAX:
+        raise UserError(f"rand_augment magnitude must be 0..{RAND_MAGNITUDE_MAX}, got {magnitude}")
     return num_ops, magnitude
 
 
 def fashion_mnist_transform(image_size: int, train: bool, aug=None) -> v2.Compose:
     """Pad 28 -> 32 (the models' grid), resize if another size is asked for, augment, normalize."""
-    steps: list = [v2.Pad((32 - FASHION_MNIST_SIDE) // 2)]
-    if image_size != 32:
+    steps: list = [v2.Pad((MODEL_SIDE - FASHION_MNIST_SIDE) // 2)]
+    if image_size != MODEL_SIDE:
         steps.append(v2.Resize(image_size, antialias=True))
     if train and aug is not None:
         if aug.crop_padding > 0:
@@ -98,20 +107,35 @@ def fashion_mnist_transform(image_size: int, train: bool, aug=None) -> v2.Compos
 
 def imagefolder_transform(image_size: int, train: bool, aug=None, mean=None, std=None):
     """timm's ImageNet pipeline: RandomResizedCrop + flip + RandAugment + colour jitter + erasing."""
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
-
     mean = mean or IMAGENET_DEFAULT_MEAN
     std = std or IMAGENET_DEFAULT_STD
     if not train or aug is None:
-        return create_transform(image_size, is_training=False, mean=mean, std=std, crop_pct=0.95)
+        return create_transform(image_size, is_training=False, mean=mean, std=std, crop_pct=EVAL_CROP_PCT)
     auto_augment = None
     if aug.rand_augment:
         num_ops, magnitude = parse_rand_augment(aug.rand_augment)
         # timm's scale is 0..10 per unit; convert from the 0..30 scale used in configs.
-        auto_augment = f"rand-m{magnitude / 3:.1f}-n{num_ops}-mstd0.5-inc1"
+        auto_augment = f"rand-m{magnitude / TIMM_MAGNITUDE_SCALE:.1f}-n{num_ops}-mstd0.5-inc1"
     return create_transform(image_size, is_training=True, hflip=aug.hflip, auto_augment=auto_augment,
                             color_jitter=aug.color_jitter or None, re_prob=aug.random_erasing,
                             mean=mean, std=std)
+
+
+def imagefolder_dataset(root: str | None, split: str, transform, subset: int | None) -> tuple[Dataset, DatasetInfo]:
+    """``root/<split>/<class>/<image>`` (how ImageNet is usually laid out), RGB, ImageNet statistics."""
+    if root is None:
+        raise UserError("data.root must name the ImageFolder tree (root/<split>/<class>/image)")
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise UserError(f"image folder {folder} does not exist (expected root/{split}/<class>/...)")
+    try:
+        dataset = ImageFolder(str(folder), transform=transform)
+    except FileNotFoundError as err:  # torchvision: no class folders, or no image files in them
+        raise UserError(f"image folder {folder}: {err}") from None
+    classes = tuple(dataset.classes)
+    if subset is not None:
+        dataset = Subset(dataset, range(min(subset, len(dataset))))
+    return dataset, DatasetInfo(len(classes), RGB_CHANNELS, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, classes)
 
 
 def build_dataset(data_cfg, aug_cfg, train: bool) -> tuple[Dataset, DatasetInfo]:
@@ -122,20 +146,6 @@ def build_dataset(data_cfg, aug_cfg, train: bool) -> tuple[Dataset, DatasetInfo]
         transform = fashion_mnist_transform(data_cfg.image_size, train, aug_cfg)
         return FashionMNIST(data_cfg.root, split, transform, subset), FASHION_MNIST_INFO
     if data_cfg.dataset == "imagefolder":
-        from torchvision.datasets import ImageFolder
-
-        if data_cfg.root is None:
-            raise ValueError("data.root must name the ImageFolder tree (root/<split>/<class>/image)")
-        folder = Path(data_cfg.root) / split
-        if not folder.is_dir():
-            raise FileNotFoundError(f"image folder {folder} does not exist (expected root/{split}/<class>/...)")
-        dataset = ImageFolder(str(folder), transform=imagefolder_transform(data_cfg.image_size, train, aug_cfg))
-        if subset is not None:
-            dataset = torch.utils.data.Subset(dataset, range(min(subset, len(dataset))))
-            classes = dataset.dataset.classes
-        else:
-            classes = dataset.classes
-        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-        return dataset, DatasetInfo(len(classes), 3, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, tuple(classes))
-    raise ValueError(f"unknown dataset {data_cfg.dataset!r}")
+        transform = imagefolder_transform(data_cfg.image_size, train, aug_cfg)
+        return imagefolder_dataset(data_cfg.root, split, transform, subset)
+    raise UserError(f"unknown dataset {data_cfg.dataset!r}")

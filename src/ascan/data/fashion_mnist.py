@@ -1,4 +1,8 @@
-"""Fashion-MNIST from the IDX files that Debian's ``dataset-fashion-mnist`` package installs."""
+"""Fashion-MNIST from the IDX files that Debian's ``dataset-fashion-mnist`` package installs.
+
+A missing folder or file, an unknown split or inconsistent files raise :class:`~ascan.errors.UserError`
+(one line; a missing data set says how to install it).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import numpy as np
 import torch
 
 from ascan.data.idx import read_idx
+from ascan.errors import UserError
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -21,19 +26,19 @@ def _find(root: Path, stem: str) -> Path:
     for name in (f"{stem}.gz", stem):
         if (root / name).is_file():
             return root / name
-    raise FileNotFoundError(f"Fashion-MNIST file {stem}[.gz] not found in {root}; {INSTALL_HINT}")
+    raise UserError(f"Fashion-MNIST file {stem}[.gz] not found in {root}; {INSTALL_HINT}")
 
 
 def load_fashion_mnist(root: str | Path | None = None, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """Return (images uint8 [N, 28, 28], labels int64 [N]) of the ``train`` or ``test`` split."""
     if split not in _FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise UserError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
     root = Path(root) if root is not None else DEFAULT_ROOT
     if not root.is_dir():
-        raise FileNotFoundError(f"Fashion-MNIST folder {root} does not exist; {INSTALL_HINT}")
+        raise UserError(f"Fashion-MNIST folder {root} does not exist; {INSTALL_HINT}")
     prefix = _FILES[split]
     images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"Fashion-MNIST files in {root} have inconsistent shapes {images.shape} / {labels.shape}")
+        raise UserError(f"Fashion-MNIST files in {root} have inconsistent shapes {images.shape} / {labels.shape}")
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ascan.errors import UserError
+
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class IdxFormatError(ValueError):
-    """The file is not a valid IDX file."""
+class IdxFormatError(UserError):
+    """The file is not a valid IDX file (a problem with the user's data: one line, exit status 2)."""
 
 
 def read_idx(path: str | Path) -> np.ndarray:

@@ -42,6 +42,13 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(timestep_embedding(t, self.freq_dim))
 
 
+def drop_to_null(ids: torch.Tensor, null_id: int, prob: float,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each id by ``null_id`` with probability ``prob`` (classifier-free guidance's condition dropout)."""
+    keep = torch.rand(ids.shape, generator=generator, device=ids.device) >= prob
+    return torch.where(keep, ids, torch.full_like(ids, null_id))
+
+
 class LabelEmbedder(nn.Module):
     """Class id -> vector, with an extra *null* class (id ``num_classes``) for classifier-free guidance.
 
@@ -60,8 +67,7 @@ class LabelEmbedder(nn.Module):
         return self.num_classes
 
     def drop(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        keep = torch.rand(labels.shape, generator=generator, device=labels.device) >= self.drop_prob
-        return torch.where(keep, labels, torch.full_like(labels, self.null_id))
+        return drop_to_null(labels, self.null_id, self.drop_prob, generator)
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         return self.table(labels)

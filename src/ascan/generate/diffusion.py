@@ -45,9 +45,10 @@ class DDPM:
 
     @torch.no_grad()
     def sample(self, model: nn.Module, noise: torch.Tensor, cond: Conditioning, *, steps: int = 50,
-               method: str = "ddim", cfg_scale: float = 1.0, null_cond: Conditioning | None = None) -> torch.Tensor:
+               method: str = "ddim", guidance_scale: float = 1.0,
+               null_cond: Conditioning | None = None) -> torch.Tensor:
         """Deterministic DDIM (eta = 0) on ``steps`` evenly spaced training steps."""
-        fn = guided(model, cond, cfg_scale, null_cond)
+        fn = guided(model, cond, guidance_scale, null_cond)
         seq = torch.linspace(self.num_steps - 1, 0, steps).round().long().tolist()
         x = noise
         n = x.shape[0]

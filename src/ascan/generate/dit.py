@@ -1,6 +1,6 @@
 """DiT-style baseline: patchify, a stack of AdaLN-Zero transformer blocks, unpatchify (Peebles & Xie).
 
-It uses the very same T block (:class:`~ascan.generate.unet.CondTransformerBlock`) and conditioning
+It uses the very same T block (:class:`~ascan.generate.blocks.CondTransformerBlock`) and conditioning
 as the AsCAN UNet, so the comparison isolates the macro design: all-attention at one token
 resolution vs the UNet's asymmetric conv/attention distribution over resolutions.
 """
@@ -14,23 +14,26 @@ from timm.layers import PatchEmbed
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import nn
 
+from ascan.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, check_ranges, setting
+from ascan.generate.blocks import LN_EPS, CondTransformerBlock, modulate
 from ascan.generate.conditioning import ConditionEmbedder, Conditioning
-from ascan.generate.unet import CondTransformerBlock, modulate
 
 
 @dataclass
 class DiTConfig:
-    in_chans: int = 1
-    img_size: int = 32
-    patch_size: int = 2
-    width: int = 192
-    depth: int = 8
-    head_dim: int = 32
-    mlp_ratio: float = 4.0
-    cond_dim: int = 256
-    num_classes: int | None = 10
-    label_drop: float = 0.1
-    text_dim: int | None = None
+    """DiT baseline hyper-parameters; ranges checked at construction."""
+
+    in_chans: int = setting(1, AT_LEAST_ONE)
+    img_size: int = setting(32, AT_LEAST_ONE)
+    patch_size: int = setting(2, AT_LEAST_ONE)
+    width: int = setting(192, AT_LEAST_ONE)
+    depth: int = setting(8, NON_NEGATIVE)
+    head_dim: int = setting(32, AT_LEAST_ONE)
+    mlp_ratio: float = setting(4.0, POSITIVE)
+    cond_dim: int = setting(256, AT_LEAST_ONE)
+    num_classes: int | None = setting(None, AT_LEAST_ONE)  # None: not class-conditional
+    label_drop: float = setting(0.1, FRACTION)
+    text_dim: int | None = setting(None, AT_LEAST_ONE)  # None: not text-conditional
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,12 +42,21 @@ class DiTConfig:
     def from_dict(d: dict) -> DiTConfig:
         return DiTConfig(**d)
 
+    def check(self) -> None:
+        """A ValueError naming the field if a range, the attention width or the patch grid does not fit."""
+        check_ranges(self, "DiTConfig.", error=ValueError)
+        if self.width % self.head_dim:
+            raise ValueError(f"width {self.width} is not a multiple of head_dim {self.head_dim}")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} must be divisible by patch_size {self.patch_size}")
+
 
 class DiT(nn.Module):
     """Patch transformer with AdaLN-Zero; fixed 2-D sin-cos positions computed for the input grid."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
+        cfg.check()
         self.cfg = cfg
         self.cond = ConditionEmbedder(cfg.cond_dim, cfg.num_classes, cfg.text_dim, cfg.label_drop)
         self.patch = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.width, strict_img_size=False,
@@ -52,7 +64,7 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(
             CondTransformerBlock(cfg.width, cfg.cond_dim, head_dim=cfg.head_dim, mlp_ratio=cfg.mlp_ratio,
                                  context_dim=cfg.text_dim) for _ in range(cfg.depth))
-        self.norm_out = nn.LayerNorm(cfg.width, elementwise_affine=False, eps=1e-6)
+        self.norm_out = nn.LayerNorm(cfg.width, elementwise_affine=False, eps=LN_EPS)
         self.ada_out = nn.Linear(cfg.cond_dim, 2 * cfg.width)
         self.head = nn.Linear(cfg.width, cfg.patch_size**2 * cfg.in_chans)
         for layer in (self.ada_out, self.head):

@@ -51,8 +51,9 @@ class FlowMatching:
         return F.mse_loss(model(interpolate(x0, x1, t), t, cond), x1 - x0)
 
     def sample(self, model: nn.Module, noise: torch.Tensor, cond: Conditioning, *, steps: int = 50,
-               method: str = "heun", cfg_scale: float = 1.0, null_cond: Conditioning | None = None) -> torch.Tensor:
-        fn = guided(model, cond, cfg_scale, null_cond)
+               method: str = "heun", guidance_scale: float = 1.0,
+               null_cond: Conditioning | None = None) -> torch.Tensor:
+        fn = guided(model, cond, guidance_scale, null_cond)
         return integrate_ode(fn, noise, steps=steps, method=method)
 
 

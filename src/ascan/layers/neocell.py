@@ -244,9 +244,6 @@ class NeoCell(nn.Module):
             f"bias={self.bias is not None}, impl={self.impl}"
         )
 
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        return height // self.h * self.h_out, width // self.w * self.w_out
-
     def _check_input(self, x: torch.Tensor) -> None:
         height, width = x.shape[-2:]
         if height % self.h != 0 or width % self.w != 0:
@@ -289,8 +286,6 @@ class MultiNeoCell(nn.Module):
     and runs two matmuls.
     """
 
-    __jit_unused_properties__ = ["subgroups"]
-
     def __init__(
         self,
         channels: int,
@@ -327,11 +322,6 @@ class MultiNeoCell(nn.Module):
                     self.sub_count.append(n)
                     self.sub_shift.append(s)
                 start += n
-
-    @property
-    def subgroups(self) -> list[tuple[int, int, int, int]]:
-        """(group index, first channel within the group, channel count, shift) of every subgroup."""
-        return list(zip(self.sub_group, self.sub_start, self.sub_count, self.sub_shift, strict=True))
 
     def extra_repr(self) -> str:
         return f"{self.channels}, sizes={self.sizes}, groups={self.group_channels}, shift={self.shift}"

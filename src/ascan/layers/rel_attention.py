@@ -9,8 +9,10 @@ names two places for the sum (CoAtNet paper, eq. 3; the formulas are images miss
 
 one kernel per head. The pre-softmax form passes ``w`` to ``F.scaled_dot_product_attention`` as the
 additive ``attn_mask``; the post-softmax form runs bias-free SDPA (flash-eligible) and adds ``W v``.
-The kernel is the same :class:`~ascan.layers.rel_pos.RelPosBias` table as the T block's, so it follows
-a new input size on the fly and resizes with ``set_feat_size`` / ``checkpoint_filter_fn``.
+The kernel is the same :class:`~ascan.layers.rel_pos.RelPosBiasTable` as the T block's, so it follows
+a new input size on the fly and resizes with ``set_feat_size`` / ``checkpoint_filter_fn``. The block runs
+through :func:`~ascan.layers.attention.rel_pos_attention` (query chunks with bounded memory on large maps);
+:func:`relative_attention` is the same maths on a materialised ``(H, N, N)`` kernel.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import torch
 from timm.layers import DropPath, LayerNorm2d, Mlp
 from torch import nn
 
-from ascan.layers.attention import attention, merge_heads, split_heads
+from ascan.layers.attention import attention, merge_heads, rel_pos_attention, split_heads
 from ascan.layers.registry import register_block
-from ascan.layers.rel_pos import RelPosBias
+from ascan.layers.rel_pos import RelPosBiasTable
 from ascan.layers.shortcut import Shortcut
 
 HEAD_DIM = 32
@@ -63,14 +65,14 @@ class RelativeAttention(nn.Module):
         self.placement = placement
         self.attn_drop = attn_drop
         self.qkv = nn.Linear(in_chs, 3 * out_chs, bias=qkv_bias)
-        self.rel_pos = RelPosBias(self.num_heads, feat_size)
+        self.rel_pos = RelPosBiasTable(self.num_heads, feat_size)
         self.proj = nn.Linear(out_chs, out_chs)
 
     def forward(self, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         q, k, v = self.qkv(tokens).chunk(3, dim=-1)
         q, k, v = split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
         dropout_p = self.attn_drop if self.training else 0.0
-        y = relative_attention(q, k, v, self.rel_pos(size), self.placement, dropout_p)
+        y = rel_pos_attention(q, k, v, self.rel_pos.table, size, dropout_p, self.placement)
         return self.proj(merge_heads(y))
 
 

@@ -5,8 +5,12 @@ The table holds one value per head and per 2-D offset ``(dy, dx)``, shape
 instance and resize only when loading a checkpoint, the table is interpolated on the fly when the input
 differs from the size it was created for (dense tasks, any input size), and
 :func:`resize_rel_pos_table` resizes it permanently for fine-tuning at a new resolution.
-"""
 
+Two ways to read the bias out of the table: :meth:`RelPosBiasTable.forward` materialises the whole
+``(heads, N, N)`` bias (fine for ImageNet-size maps), and :func:`gather_rel_pos_bias` returns only the
+rows of a block of queries, computing their table indices by arithmetic on the token positions (no
+``N x N`` index exists), which is what the memory-bounded attention of dense tasks uses.
+"""
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +34,28 @@ def relative_position_index(height: int, width: int,
     return dy, dx
 
 
+def flat_offset_index(size: tuple[int, int], start: int, stop: int,
+                      device: torch.device | None = None) -> torch.Tensor:
+    """Flat indices into a ``(2H-1)*(2W-1)`` table for queries ``start..stop-1`` against all keys.
+
+    ``index[i, k] = (yq - yk + H - 1) * (2W - 1) + (xq - xk + W - 1)``: the rows
+    ``start:stop`` of :func:`relative_position_index` flattened, built from ``(stop - start) x N``
+    integers only.
+    """
+    height, width = size
+    queries = torch.arange(start, stop, device=device)
+    keys = torch.arange(height * width, device=device)
+    dy = (queries // width)[:, None] - (keys // width)[None, :] + (height - 1)
+    dx = (queries % width)[:, None] - (keys % width)[None, :] + (width - 1)
+    return dy * (2 * width - 1) + dx
+
+
+def gather_rel_pos_bias(table: torch.Tensor, size: tuple[int, int], start: int, stop: int) -> torch.Tensor:
+    """Bias rows ``B[:, start:stop, :]`` of shape ``(heads, stop - start, N)`` from a table already at ``size``."""
+    index = flat_offset_index(size, start, stop, device=table.device)
+    return table.flatten(1)[:, index]
+
+
 def resize_rel_pos_table(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize a ``(heads, 2H-1, 2W-1)`` table to the map size ``(h, w)``: bicubic in offset space.
 
@@ -45,8 +71,11 @@ def resize_rel_pos_table(table: torch.Tensor, size: tuple[int, int]) -> torch.Te
 
 
 @register_notrace_module  # shape-dependent indexing: an FX leaf
-class RelPosBias(nn.Module):
-    """Per-head additive attention bias ``B[h, i, j] = table[h, y_i - y_j, x_i - x_j]``."""
+class RelPosBiasTable(nn.Module):
+    """Per-head additive attention bias ``B[h, i, j] = table[h, y_i - y_j, x_i - x_j]``, interpolated to any size.
+
+    Named apart from timm's ``RelPosBias`` (a different signature: fixed window, no interpolation).
+    """
 
     def __init__(self, num_heads: int, feat_size: tuple[int, int]):
         super().__init__()
@@ -56,7 +85,7 @@ class RelPosBias(nn.Module):
         trunc_normal_(self.table, std=TABLE_INIT_STD)
 
     def forward(self, size: tuple[int, int]) -> torch.Tensor:
-        """Bias of shape ``(heads, h*w, h*w)`` for a map of ``size = (h, w)``."""
+        """Whole bias of shape ``(heads, h*w, h*w)`` for a map of ``size = (h, w)``."""
         table = resize_rel_pos_table(self.table, size)
         dy, dx = relative_position_index(size[0], size[1], device=table.device)
         return table[:, dy, dx]

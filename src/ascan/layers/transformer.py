@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from ascan.layers.attention import attention, merge_heads, split_heads
+from ascan.layers.attention import merge_heads, rel_pos_attention, split_heads
 from ascan.layers.registry import register_block
-from ascan.layers.rel_pos import RelPosBias
+from ascan.layers.rel_pos import RelPosBiasTable
 from ascan.layers.shortcut import Shortcut
 
 HEAD_DIM = 32
@@ -25,7 +25,8 @@ class ParallelTransformerBlock(nn.Module):
     sum of the two projections of eq. 2, but two matmuls instead of four.
 
     When the block opens a stage (stride 2 and/or a new width) it average-pools first (as CoAtNet's
-    transformer blocks do) and the shortcut projects.
+    transformer blocks do) and the shortcut projects. Large maps (dense tasks) run the attention in query
+    chunks with bounded memory (:func:`~ascan.layers.attention.rel_pos_attention`); the maths is the same.
     """
 
     def __init__(self, in_chs: int, out_chs: int, stride: int = 1, feat_size: tuple[int, int] = (7, 7),
@@ -43,7 +44,7 @@ class ParallelTransformerBlock(nn.Module):
         self.norm = nn.LayerNorm(in_chs)
         self.in_proj = nn.Linear(in_chs, 3 * out_chs + self.mlp_hidden, bias=qkv_bias)
         self.out_proj = nn.Linear(out_chs + self.mlp_hidden, out_chs)
-        self.rel_pos = RelPosBias(self.num_heads, feat_size)
+        self.rel_pos = RelPosBiasTable(self.num_heads, feat_size)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def zero_init_last(self) -> None:
@@ -58,7 +59,7 @@ class ParallelTransformerBlock(nn.Module):
         tokens = self.norm(x.flatten(2).transpose(1, 2))  # (B, N, C)
         q, k, v, hidden = self.in_proj(tokens).split([self.out_chs] * 3 + [self.mlp_hidden], dim=-1)
         q, k, v = split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
-        attn = attention(q, k, v, self.rel_pos((h, w)).unsqueeze(0), self.attn_drop if self.training else 0.0)
+        attn = rel_pos_attention(q, k, v, self.rel_pos.table, (h, w), self.attn_drop if self.training else 0.0)
         y = self.out_proj(torch.cat([merge_heads(attn), F.gelu(hidden)], dim=-1))
         y = y.transpose(1, 2).reshape(b, self.out_chs, h, w)
         return shortcut + self.drop_path(y)

@@ -1,28 +1,34 @@
-"""AsCAN: asymmetric convolution-attention networks (patent Tables 3 and 5).
+"""AsCAN: asymmetric convolution-attention networks (patent Tables 3 and 5), and the one model skeleton
+that CoAtNet and NeoNeXt are built on too.
 
 A stem, four stages written in the layout grammar (``"CC-CCCT-CCTT-CTTT"``), and a classifier. Reads
-top to bottom: config, stem/stage modules, the model, checkpoint helpers, registered variants.
+top to bottom: config, the model, checkpoint helpers, registered variants.
 
-The stem is two 3x3 convolutions (the first with stride 2, BN + GELU between them); every stage opens
-with a stride-2 block that changes the width; the classifier projects with a 1x1 conv + BN + GELU,
+AsCAN's stem is two 3x3 convolutions (the first with stride 2, BN + GELU between them); every stage
+opens with a stride-2 block that changes the width; the classifier projects with a 1x1 conv + BN + GELU,
 average-pools and applies a linear layer (Table 5, S5). The 1x1 head conv lives in
-``forward_features`` (as in timm's EfficientNet), so ``num_features`` is the head width.
+``forward_features`` (as in timm's EfficientNet), so ``num_features`` is the head width. The other
+families switch parts through :class:`AscanCfg`: a space-to-depth stem and a final BatchNorm (NeoNeXt),
+a LayerNorm on the pooled features (CoAtNet), no head projection (both).
 """
 
 
+import re
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import SelectAdaptivePool2d, register_notrace_function, trunc_normal_
+from timm.layers import ClassifierHead, LayerNorm2d, NormMlpClassifierHead, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from ascan.layers.conv_bn import ConvBN
 from ascan.layers.registry import get_block
-from ascan.layers.rel_pos import RelPosBias, resize_rel_pos_table
+from ascan.layers.rel_pos import RelPosBiasTable, resize_rel_pos_table
+from ascan.layers.stem import StemKind, create_stem
 from ascan.layout import Layout, format_layout, parse_layout, validate_widths
 
 # --------------------------------------------------------------------------------------------------
@@ -32,13 +38,19 @@ from ascan.layout import Layout, format_layout, parse_layout, validate_widths
 
 @dataclass(frozen=True)
 class AscanCfg:
-    """Architecture of one AsCAN network.
+    """Architecture of one network of the AsCAN skeleton (AsCAN, CoAtNet and NeoNeXt are all one).
 
     ``head_width=0`` drops the 1x1 head projection (pool the last stage directly).
     ``block_kwargs`` maps a block letter to extra constructor arguments (e.g. ``{"T": {"head_dim": 16}}``);
     ``stage_block_kwargs`` does the same per stage (e.g. ``({"C": {"expand_ratio": 1.0}},)`` for an
     EfficientNetV2-like first stage: an experiment, not the paper's models).
     ``stem_stride`` and ``stage_strides`` set the downsampling; the product is the model's reduction.
+    ``stem`` names the stem (:data:`ascan.layers.stem.STEMS`): ``"conv"``, two 3x3 convolutions, or
+    ``"patch"``, space-to-depth by ``stem_stride`` + 1x1 conv + BN.
+    ``final_norm`` puts a BatchNorm on the last stage's output (``norm_pre``: NeoNeXt); ``head_norm`` a
+    LayerNorm on the pooled features before the classifier (timm's ``NormMlpClassifierHead``: CoAtNet).
+    ``strict_input_size`` rejects input sides that are not multiples of the reduction; ``False`` for
+    models whose stem and blocks pad any size (NeoNeXt).
     """
 
     layout: str = "CC-CCCT-CCTT-CTTT"
@@ -49,6 +61,10 @@ class AscanCfg:
     stage_strides: tuple[int, ...] = (2, 2, 2, 2)
     block_kwargs: dict[str, dict] = field(default_factory=dict)
     stage_block_kwargs: tuple[dict[str, dict], ...] = ()
+    stem: StemKind = "conv"
+    final_norm: bool = False
+    head_norm: bool = False
+    strict_input_size: bool = True
 
     def kwargs_for_stage(self, index: int) -> dict[str, dict]:
         """Per-letter block kwargs of one stage: ``block_kwargs`` updated by ``stage_block_kwargs[index]``."""
@@ -93,6 +109,9 @@ TABLE3_LAYOUTS = {
 NANO = AscanCfg("CC-CCCT-CCTT-CTTT", (24, 48, 96, 192), 16, 192, stem_stride=2, stage_strides=(1, 2, 2, 2),
                 block_kwargs={"T": {"head_dim": 16}})
 
+HEAD_NORM_EPS = 1e-5  # nn.LayerNorm's default, as CoAtNet's head had before timm's head class (timm: 1e-6)
+INIT_STD = 0.02  # trunc-normal std of linear layers (timm's ViT/CoAtNet convention)
+
 # --------------------------------------------------------------------------------------------------
 # Modules
 # --------------------------------------------------------------------------------------------------
@@ -105,18 +124,6 @@ def check_input_size(x: torch.Tensor, reduction: int) -> None:
     if h % reduction != 0 or w % reduction != 0:
         raise ValueError(f"input size {h}x{w}: both sides must be multiples of {reduction} "
                          f"(the model downsamples {reduction}x)")
-
-
-class Stem(nn.Module):
-    """Conv 3x3 (stride) -> BN -> GELU -> Conv 3x3 (patent [0046], Table 5 S0)."""
-
-    def __init__(self, in_chans: int, width: int, stride: int):
-        super().__init__()
-        self.conv1 = ConvBN(in_chans, width, 3, stride, act_layer=nn.GELU)
-        self.conv2 = nn.Conv2d(width, width, 3, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.conv1(x))
 
 
 class AscanStage(nn.Module):
@@ -139,49 +146,83 @@ class AscanStage(nn.Module):
         return self.blocks(x)
 
 
+def build_stages(cfg: AscanCfg, img_size: tuple[int, int], drop_path_rate: float) -> tuple[nn.Sequential, list]:
+    """The stages of ``cfg`` and their timm ``feature_info``; drop-path rates ramp linearly over all blocks."""
+    stages = cfg.stages
+    depths = [len(s) for s in stages]
+    total = sum(depths)
+    rates = [drop_path_rate * i / max(1, total - 1) for i in range(total)]  # linear ramp, as in timm
+    feat = (img_size[0] // cfg.stem_stride, img_size[1] // cfg.stem_stride)
+    reduction, in_chs = cfg.stem_stride, cfg.stem_width
+    feature_info, modules = [], []
+    for i, (letters, width, stride) in enumerate(zip(stages, cfg.widths, cfg.stage_strides, strict=True)):
+        feat = (-(-feat[0] // stride), -(-feat[1] // stride))
+        reduction *= stride
+        start = sum(depths[:i])
+        modules.append(AscanStage(letters, in_chs, width, stride, feat, rates[start:start + len(letters)],
+                                  cfg.kwargs_for_stage(i)))
+        feature_info.append(dict(num_chs=width, reduction=reduction, module=f"stages.{i}"))
+        in_chs = width
+    return nn.Sequential(*modules), feature_info
+
+
+def check_cfg(cfg: AscanCfg) -> None:
+    """Raise ``ValueError`` (widths: ``LayoutError``) naming the field of ``cfg`` that is out of range."""
+    validate_widths(cfg.stages, cfg.widths)
+    if len(cfg.stage_strides) != len(cfg.stages):
+        raise ValueError(f"{len(cfg.stages)} stages but {len(cfg.stage_strides)} stage strides: {cfg.stage_strides}")
+    if cfg.stem_stride < 1 or any(s < 1 for s in cfg.stage_strides):
+        raise ValueError(f"stem_stride and stage_strides must be >= 1, got {cfg.stem_stride} and {cfg.stage_strides}")
+    if cfg.stem_width < 1:
+        raise ValueError(f"stem_width must be >= 1, got {cfg.stem_width}")
+    if cfg.head_width < 0:
+        raise ValueError(f"head_width must be >= 0 (0: no head projection), got {cfg.head_width}")
+
+
+def create_head(in_chs: int, num_classes: int, global_pool: str, drop_rate: float, norm: bool) -> nn.Module:
+    """timm's classifier head: pool -> (LayerNorm, with ``norm``) -> dropout -> linear."""
+    if norm:
+        return NormMlpClassifierHead(in_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate,
+                                     norm_layer=partial(LayerNorm2d, eps=HEAD_NORM_EPS))
+    return ClassifierHead(in_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+
+
 class AscanNet(nn.Module):
-    """Hybrid conv/attention classifier built from a layout string (timm model conventions)."""
+    """Hybrid conv/attention classifier built from a layout string (timm model conventions).
+
+    ``stem -> stages -> norm_pre -> head_conv`` is ``forward_features``; ``head`` (timm's
+    ``ClassifierHead`` or ``NormMlpClassifierHead``) pools and classifies.
+    """
 
     def __init__(self, cfg: AscanCfg, num_classes: int = 1000, in_chans: int = 3, img_size: int | tuple = 224,
                  global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0):
         super().__init__()
-        stages = cfg.stages
-        validate_widths(stages, cfg.widths)
-        if len(cfg.stage_strides) != len(stages):
-            raise ValueError(f"{len(stages)} stages but {len(cfg.stage_strides)} stage strides: {cfg.stage_strides}")
+        check_cfg(cfg)
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.cfg = cfg
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.reduction = cfg.reduction
+        self.strict_input_size = cfg.strict_input_size
 
-        self.stem = Stem(in_chans, cfg.stem_width, cfg.stem_stride)
-        depths = [len(s) for s in stages]
-        total = sum(depths)
-        rates = [drop_path_rate * i / max(1, total - 1) for i in range(total)]  # linear ramp, as in timm
-        feat = (img_size[0] // cfg.stem_stride, img_size[1] // cfg.stem_stride)
-        reduction, in_chs = cfg.stem_stride, cfg.stem_width
-        self.feature_info = []
-        stage_modules = []
-        for i, (letters, width, stride) in enumerate(zip(stages, cfg.widths, cfg.stage_strides, strict=True)):
-            feat = (-(-feat[0] // stride), -(-feat[1] // stride))
-            reduction *= stride
-            start = sum(depths[:i])
-            stage_modules.append(AscanStage(letters, in_chs, width, stride, feat, rates[start:start + len(letters)],
-                                            cfg.kwargs_for_stage(i)))
-            self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"stages.{i}"))
-            in_chs = width
-        self.stages = nn.Sequential(*stage_modules)
-
+        self.stem = create_stem(cfg.stem, in_chans, cfg.stem_width, cfg.stem_stride)
+        self.stages, self.feature_info = build_stages(cfg, img_size, drop_path_rate)
+        last = cfg.widths[-1]
+        self.norm_pre = nn.BatchNorm2d(last) if cfg.final_norm else nn.Identity()
         if cfg.head_width:
-            self.head_conv = ConvBN(in_chs, cfg.head_width, 1, act_layer=nn.GELU)
-        else:  # no 1x1 projection before pooling (e.g. CoAtNet)
+            self.head_conv = ConvBN(last, cfg.head_width, 1, act_layer=nn.GELU)
+        else:  # no 1x1 projection before pooling (CoAtNet, NeoNeXt)
             self.head_conv = nn.Identity()
-        self.num_features = self.head_hidden_size = cfg.head_width or in_chs
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.head_drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
+        self.num_features = self.head_hidden_size = cfg.head_width or last
+        self.head = create_head(self.num_features, num_classes, global_pool, drop_rate, cfg.head_norm)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            trunc_normal_(module.weight, std=INIT_STD)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     # ---- timm API -------------------------------------------------------------------------------
 
@@ -192,8 +233,8 @@ class AscanNet(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                                                                            (r"^head_conv", (99999,))])
+        fine = [(r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm_pre", (99999,)), (r"^head_conv", (99999,))]
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else fine)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -211,40 +252,45 @@ class AscanNet(nn.Module):
         for info, stage in zip(self.feature_info, self.stages, strict=True):
             feat = (-(-img_size[0] // info["reduction"]), -(-img_size[1] // info["reduction"]))
             for mod in stage.modules():
-                if isinstance(mod, RelPosBias):
+                if isinstance(mod, RelPosBiasTable):
                     mod.set_feat_size(feat)
         if hasattr(self, "pretrained_cfg"):
             in_chans = self.pretrained_cfg["input_size"][0]
             self.pretrained_cfg = {**self.pretrained_cfg, "input_size": (in_chans, *img_size)}
 
     @torch.jit.ignore
+    def resize_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state_dict`` fitted to this model by :func:`checkpoint_filter_fn` (relative position tables
+        resized to this model's feature-map sizes, earlier key names renamed; other entries as they are)."""
+        return checkpoint_filter_fn(state_dict, self)
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
-        return self.fc
+        return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.reset(num_classes, pool_type=global_pool)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.reduction)
+        if self.strict_input_size:
+            check_input_size(x, self.reduction)
         x = self.stages(self.stem(x))
-        return self.head_conv(x)
+        return self.head_conv(self.norm_pre(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(self.global_pool(x))
-        return x if pre_logits else self.fc(x)
+        return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
-        """Stage outputs (S1..S4) for dense tasks; ``norm`` is accepted for API parity (no final norm here)."""
+        """Stage outputs (S1..S4) for dense tasks; ``norm`` applies ``norm_pre`` to the last stage's output."""
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        check_input_size(x, self.reduction)
+        if self.strict_input_size:
+            check_input_size(x, self.reduction)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
         intermediates = []
@@ -254,41 +300,53 @@ class AscanNet(nn.Module):
         for feat_idx, stage in enumerate(stages):
             x = stage(x)
             if feat_idx in take_indices:
-                intermediates.append(x)
+                intermediates.append(self.norm_pre(x) if norm and feat_idx == last else x)
         if intermediates_only:
             return intermediates
         if feat_idx == last:
-            x = self.head_conv(x)
+            x = self.head_conv(self.norm_pre(x))
         return x, intermediates
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
+        """Keep the stages up to the last of ``indices``; a model cut before its end (or with ``prune_head``)
+        ends in average-pooled features of its last stage (no norm, projection or classifier)."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
         self.stages = self.stages[: max_index + 1]
-        if prune_head:
+        if prune_norm or prune_end:
+            self.norm_pre = nn.Identity()
+        if prune_head or prune_end:
             self.head_conv = nn.Identity()
-            self.num_features = self.cfg.widths[max_index]
-            self.reset_classifier(0, "")
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            self.head = create_head(self.num_features, 0, "avg", self.drop_rate, norm=False)
+            self.num_classes = 0
         return take_indices
-
-
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
 
 
 # --------------------------------------------------------------------------------------------------
 # Checkpoints: position tables follow the resolution
 # --------------------------------------------------------------------------------------------------
 
+# Keys written by earlier versions of this package -> today's: the classifier became a timm head module
+# (``fc`` -> ``head.fc``; CoAtNet's ``head_norm`` -> ``head.norm``) and NeoNeXt's stage transition became
+# the first ``N`` block of its stage.
+LEGACY_KEYS = (
+    (re.compile(r"^fc\."), "head.fc."),
+    (re.compile(r"^head_norm\."), "head.norm."),
+    (re.compile(r"^stages\.(\d+)\.downsample\."), r"stages.\1.blocks.0.transition."),
+)
+
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Resize every relative position table in ``state_dict`` to the model's (fine-tuning) resolution."""
-    targets = {f"{name}.table": mod.feat_size for name, mod in model.named_modules() if isinstance(mod, RelPosBias)}
+    """Resize every relative position table in ``state_dict`` to the model's (fine-tuning) resolution
+    and rename the keys of earlier versions (:data:`LEGACY_KEYS`)."""
+    targets = {f"{name}.table": mod.feat_size for name, mod in model.named_modules()
+               if isinstance(mod, RelPosBiasTable)}
     out = {}
     for key, value in state_dict.items():
+        for pattern, replacement in LEGACY_KEYS:
+            key = pattern.sub(replacement, key)
         if key in targets:
             value = resize_rel_pos_table(value, targets[key])
         out[key] = value
@@ -317,20 +375,27 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
 
 
 CFG_OVERRIDES = tuple(f.name for f in fields(AscanCfg))
+TUPLE_FIELDS = ("widths", "stage_strides", "stage_block_kwargs")
 
 
 def _create_ascan(variant: str, cfg: AscanCfg, pretrained: bool = False, model_cls: type = AscanNet,
-                  **kwargs) -> AscanNet:
+                  block_options: dict[str, dict] | None = None, **kwargs) -> AscanNet:
     """Build through timm so ``features_only``, pretrained cfgs and local weight files work.
 
     Any field of :class:`AscanCfg` may be overridden as a keyword argument, e.g.
-    ``timm.create_model("ascan_nano", layout="CC-CCCC-CCCC-TTTT")``.
+    ``timm.create_model("ascan_nano", layout="CC-CCCC-CCCC-TTTT")``. ``block_options`` (a family's own
+    model-level options, e.g. CoAtNet's ``placement``) update ``block_kwargs`` per letter.
     """
     overrides = {k: kwargs.pop(k) for k in CFG_OVERRIDES if k in kwargs}
-    for key in ("widths", "stage_strides", "stage_block_kwargs"):
+    for key in TUPLE_FIELDS:
         if key in overrides:
             overrides[key] = tuple(overrides[key])
     cfg = replace(cfg, **overrides)
+    if block_options:
+        merged = dict(cfg.block_kwargs)
+        for letter, options in block_options.items():
+            merged[letter] = {**merged.get(letter, {}), **options}
+        cfg = replace(cfg, block_kwargs=merged)
     return build_model_with_cfg(
         model_cls, variant, pretrained, cfg=cfg,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -344,15 +409,9 @@ def _cfg(input_size: int = 224, in_chans: int = 3, **kwargs) -> dict:
         "url": "", "num_classes": 1000, "input_size": (in_chans, input_size, input_size),
         "pool_size": (input_size // 32, input_size // 32), "crop_pct": 0.95, "interpolation": "bicubic",
         "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.conv1.conv", "classifier": "fc", "license": "apache-2.0", **kwargs,
+        "first_conv": "stem.conv1.conv", "classifier": "head.fc", "license": "apache-2.0", **kwargs,
     }
 
-
-TABLE3_PARAMS_M = (55, 73, 41, 50, 95, 51, 42, 34, 30, 72)
-PAPER_FIGURES = {  # params (M), MACs @224 (G) from patent Tables 3 and 4
-    "ascan_tiny": (55, 7.7), "ascan_base": (98, 16.7), "ascan_large": (173, 30.7),
-    **{f"ascan_t_{k}": (p, None) for k, p in zip(TABLE3_LAYOUTS, TABLE3_PARAMS_M, strict=True)},
-}
 
 default_cfgs = generate_default_cfgs({
     "ascan_tiny.untrained": _cfg(),
@@ -391,20 +450,71 @@ def ascan_nano(pretrained: bool = False, **kwargs) -> AscanNet:
     return _create_ascan("ascan_nano", NANO, pretrained, **kwargs)
 
 
-def _register_table3(key: str, layout: str) -> None:
-    name = f"ascan_t_{key}"
-
-    def fn(pretrained: bool = False, **kwargs) -> AscanNet:
-        return _create_ascan(name, replace(TABLE5["tiny"], layout=layout), pretrained, **kwargs)
-
-    fn.__name__ = name
-    fn.__doc__ = f"Patent Table 3 configuration {key.upper()}: {layout} at AsCAN-T widths."
-    fn.__module__ = __name__
-    globals()[name] = register_model(fn)
+def _create_table3(key: str, pretrained: bool, **kwargs) -> AscanNet:
+    """Patent Table 3 configuration ``key``: its layout at AsCAN-T widths."""
+    cfg = replace(TABLE5["tiny"], layout=TABLE3_LAYOUTS[key])
+    return _create_ascan(f"ascan_t_{key}", cfg, pretrained, **kwargs)
 
 
-for _key, _layout in TABLE3_LAYOUTS.items():
-    _register_table3(_key, _layout)
+@register_model
+def ascan_t_c1(pretrained: bool = False, **kwargs) -> AscanNet:
+    """Patent Table 3 configuration C1: CC-CCCT-CCTT-CTTT at AsCAN-T widths."""
+    return _create_table3("c1", pretrained, **kwargs)
+
+
+@register_model
+def ascan_t_c2(pretrained: bool = False, **kwargs) -> AscanNet:
+    """Patent Table 3 configuration C2: CC-CCCT-CCTT-CCTT at AsCAN-T widths."""
+    return _create_table3("c2", pretrained, **kwargs)
+
+
+@register_model
+def ascan_t_c3(pretrained: bool = False, **kwargs) -> AscanNet:
+    """Patent Table 3 configuration C3: CC-CCCT-CCTT-TTTT at AsCAN-T widths."""
+    return _create_table3("c3", pretrained, **kwargs)
+
+
+@register_model
+def ascan_t_c4(pretrained: bool = False, **kwargs) -> AscanNet:
+    """Patent Table 3 configuration C4: CC-CCCT-CCCC-TTTT at AsCAN-T widths."""
+    return _create_table3("c4", pretrained, **kwargs)
+
+
+@register_model
+def ascan_t_c5(pretrained: bool = False, **kwargs) -> AscanNet:
+    """Patent Table 3 configuration C5: CC-CCCT-CCCT-CCCT at AsCAN-T widths."""
+    return _create_table3("c5", pretrained, **kwargs)
+
+
+@register_model
+def ascan_t_c6(pretrained: bool = False, **kwargs) -> AscanNet:
+    """Patent Table 3 configuration C6: CC-CCCC-CCCC-TTTT at AsCAN-T widths."""
+    return _create_table3("c6", pretrained, **kwargs)
+
+
+@register_model
+def ascan_t_c7(pretrained: bool = False, **kwargs) -> AscanNet:
+    """Patent Table 3 configuration C7: CC-CCCC-CCTT-TTTT at AsCAN-T widths."""
+    return _create_table3("c7", pretrained, **kwargs)
+
+
+@register_model
+def ascan_t_c8(pretrained: bool = False, **kwargs) -> AscanNet:
+    """Patent Table 3 configuration C8: CC-CCCC-TTTT-TTTT at AsCAN-T widths."""
+    return _create_table3("c8", pretrained, **kwargs)
+
+
+@register_model
+def ascan_t_c9(pretrained: bool = False, **kwargs) -> AscanNet:
+    """Patent Table 3 configuration C9: CC-TTTT-TTTT-TTTT at AsCAN-T widths."""
+    return _create_table3("c9", pretrained, **kwargs)
+
+
+@register_model
+def ascan_t_c10(pretrained: bool = False, **kwargs) -> AscanNet:
+    """Patent Table 3 configuration C10: CC-CCTT-CCTT-CCTT at AsCAN-T widths."""
+    return _create_table3("c10", pretrained, **kwargs)
+
 
 __all__ = ["AscanCfg", "AscanNet", "TABLE3_LAYOUTS", "TABLE5", "checkpoint_filter_fn", "format_layout",
            "load_weights", "save_weights"]

@@ -43,15 +43,6 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def any_rank(flag: bool, info: DistInfo, device: torch.device | str = "cpu") -> bool:
-    """True on every rank if ``flag`` is true on any (e.g. one process got SIGTERM: all stop together)."""
-    if not info.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         values = values.clone()
@@ -75,3 +66,12 @@ def gather_objects(obj, info: DistInfo, encode=None, decode=None) -> list:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def agree_any(flags: list[bool], info: DistInfo, device: torch.device | str = "cpu") -> list[bool]:
+    """Element-wise "true on any rank" for several flags in one collective (stop asked, checkpoint due)."""
+    if not info.enabled:
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v > 0) for v in t.tolist()]

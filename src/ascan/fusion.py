@@ -21,6 +21,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+from timm.layers import BatchNormAct2d, Conv2dSame, ConvNormAct
 from torch import nn
 
 from ascan.layers.conv_bn import fold_conv_bn
@@ -40,36 +41,18 @@ class FuseSummary:
         return self.methods_called > 0 or self.bn_folded > 0
 
 
-def _foldable_conv_types() -> tuple[type, ...]:
-    types: list[type] = [nn.Conv2d]
-    try:
-        from timm.layers import Conv2dSame
-
-        types.append(Conv2dSame)
-    except ImportError:  # pragma: no cover - timm is a dependency
-        pass
-    return tuple(types)
-
-
-def _batchnorm_act_type() -> type | None:
-    try:
-        from timm.layers import BatchNormAct2d
-
-        return BatchNormAct2d
-    except ImportError:  # pragma: no cover
-        return None
+FOLDABLE_CONVS = (nn.Conv2d, Conv2dSame)  # exact types: Conv2dSame only pads before the convolution
+FOLDABLE_BNS = (nn.BatchNorm2d, BatchNormAct2d)  # exact types: BatchNormAct2d adds drop + act afterwards
 
 
 def _is_foldable_conv(module: nn.Module) -> bool:
-    return type(module) in _foldable_conv_types()
+    return type(module) in FOLDABLE_CONVS
 
 
 def _is_foldable_bn(module: nn.Module) -> bool:
     """Exact BatchNorm2d (or timm's BatchNormAct2d) with running statistics."""
-    bn_act = _batchnorm_act_type()
-    exact_types = (nn.BatchNorm2d,) + ((bn_act,) if bn_act is not None else ())
     return (
-        type(module) in exact_types
+        type(module) in FOLDABLE_BNS
         and module.track_running_stats
         and module.running_mean is not None
         and module.running_var is not None
@@ -78,8 +61,7 @@ def _is_foldable_bn(module: nn.Module) -> bool:
 
 def _after_bn(bn: nn.Module) -> nn.Module:
     """What must remain once the normalisation is folded: timm's BatchNormAct2d keeps drop + act."""
-    bn_act = _batchnorm_act_type()
-    if bn_act is not None and type(bn) is bn_act:
+    if type(bn) is BatchNormAct2d:
         return nn.Sequential(bn.drop, bn.act)
     return nn.Identity()
 
@@ -104,10 +86,6 @@ def _fold_sequential(seq: nn.Sequential) -> int:
 
 def _fold_conv_norm_act(module: nn.Module) -> int:
     """timm's ConvNormAct runs ``conv`` then ``bn`` (then optional anti-aliasing)."""
-    try:
-        from timm.layers import ConvNormAct
-    except ImportError:  # pragma: no cover
-        return 0
     if type(module) is not ConvNormAct:
         return 0
     conv, bn = module.conv, module.bn

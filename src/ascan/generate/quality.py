@@ -1,4 +1,8 @@
-"""Evaluate generators: class accuracy, classifier-feature FID, Inception FID, text prompt match."""
+"""Sample quality of generators: class accuracy, classifier-feature FID, Inception FID, text prompt match.
+
+(The training-time validation loss is the task's :meth:`~ascan.generate.task.GenerationTask.evaluate`;
+this module scores finished generators, for ``benchmarks/gen_eval.py`` and ``gen_compare.py``.)
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from ascan.atomic import save_safetensors
+from ascan.data.fashion_mnist import CLASSES, load_fashion_mnist
+from ascan.engine import load_model_state, load_weights_file
 from ascan.generate import captions
 from ascan.generate.conditioning import Conditioning
 from ascan.generate.data import to_unit
@@ -29,21 +34,18 @@ SampleFn = Callable[[Conditioning, int], torch.Tensor]  # (cond, seed) -> images
 
 def load_or_train_classifier(path: Path, epochs: int = 1) -> FeatureClassifier:
     """The FID feature network: trained here once (1 epoch, few minutes on CPU), cached as safetensors."""
-    from ascan.data.fashion_mnist import load_fashion_mnist
-
-    model = FeatureClassifier()
+    model = FeatureClassifier(num_classes=len(CLASSES))
     if path.is_file():
-        model.load_state_dict(load_file(str(path)))
+        load_model_state(model, load_weights_file(path), str(path))
         return model.eval()
     images, labels = load_fashion_mnist(split="train")
-    model = train_classifier(images, labels, epochs=epochs)
+    model = train_classifier(images, labels, len(CLASSES), epochs=epochs)
     save_safetensors(model.state_dict(), path)
     return model.eval()
 
 
-def test_images(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    from ascan.data.fashion_mnist import load_fashion_mnist
-
+def real_test_images(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random Fashion-MNIST test images (float [0, 1], 32x32) and their labels: FID's real side."""
     images, labels = load_fashion_mnist(split="test")
     idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
     return to_unit(images[idx]), labels[idx]
@@ -51,16 +53,18 @@ def test_images(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def evaluate_class_conditional(sample: SampleFn, classifier: FeatureClassifier, *, per_class: int = 50,
                                n_real: int = 1000, n_inception: int = 0, seed: int = 0) -> dict:
-    labels = torch.arange(10).repeat(per_class)
+    """Samples of every class the classifier knows, scored by its labels and by FID against real images."""
+    num_classes = classifier.head.out_features
+    labels = torch.arange(num_classes).repeat(per_class)
     start = time.perf_counter()
     fake = sample(Conditioning(labels=labels), seed)
     sample_seconds = time.perf_counter() - start
     pred = classify(classifier, fake)
-    real, _ = test_images(n_real)
+    real, _ = real_test_images(n_real)
     result = {
         "n_samples": len(labels),
         "class_accuracy": (pred == labels).float().mean().item(),
-        "per_class_accuracy": per_class_accuracy(pred, labels),
+        "per_class_accuracy": per_class_accuracy(pred, labels, num_classes),
         "fid_classifier": frechet_distance(ClassifierFeatures(classifier), real, fake),
         "sample_seconds": sample_seconds,
         "images_per_second": len(labels) / sample_seconds,
@@ -75,7 +79,7 @@ def evaluate_class_conditional(sample: SampleFn, classifier: FeatureClassifier, 
 def evaluate_text(sample: SampleFn, lookup: Callable[[torch.Tensor], Conditioning], classifier: FeatureClassifier,
                   thresholds: captions.AttributeThresholds, *, per_prompt: int = 10, seed: int = 0) -> dict:
     """Prompt-match score of samples, and the same score against shuffled prompts (chance control)."""
-    n_prompts = len(captions.all_captions())
+    n_prompts = len(captions.all_captions(classifier.head.out_features))
     ids = torch.arange(n_prompts).repeat(per_prompt)
     fake = sample(lookup(ids), seed)
     pred = classify(classifier, fake)

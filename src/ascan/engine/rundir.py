@@ -1,0 +1,87 @@
+"""Run folders: one run per folder, one process training into it at a time.
+
+A new run refuses a folder that already holds one (a checkpoint or a summary) unless told to
+``overwrite`` it — then the engine's own files are removed first. While a run trains, rank 0 holds an
+exclusive ``flock`` on ``run.lock``; a second process gets a one-line error instead of two runs
+overwriting each other's checkpoints. The lock goes with the process, so a crash leaves no stale lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ascan.engine.distributed import DistInfo
+from ascan.engine.runlog import CURVES_PNG, METRICS_CSV, SUMMARY_JSON
+from ascan.engine.state import CHECKPOINT_NAME
+from ascan.errors import UserError
+
+LOCK_NAME = "run.lock"
+CONFIG_NAME = "config.yaml"
+RUN_MARKERS = (CHECKPOINT_NAME, SUMMARY_JSON)  # either one means the folder holds a run
+ENGINE_FILES = (CHECKPOINT_NAME, SUMMARY_JSON, METRICS_CSV, CURVES_PNG, CONFIG_NAME)
+WEIGHTS_GLOB = "model*.safetensors"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A locked run folder; ``path / name`` for its files."""
+
+    path: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT_NAME
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+
+def holds_run(path: Path) -> bool:
+    return any((path / name).exists() for name in RUN_MARKERS)
+
+
+def _clear(path: Path) -> None:
+    for name in ENGINE_FILES:
+        (path / name).unlink(missing_ok=True)
+    for weights in path.glob(WEIGHTS_GLOB):
+        weights.unlink()
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise UserError(f"run folder {path} is in use by another training process (pid {holder}); "
+                            "wait for it to finish or choose another output folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextmanager
+def open_run_folder(path: str | Path, dist_info: DistInfo, *, resume: bool = False,
+                    overwrite: bool = False) -> Iterator[RunFolder]:
+    """Claim ``path`` for a new run (refusing one that holds a run unless ``overwrite``) or to ``resume``."""
+    path = Path(path)
+    if not resume and holds_run(path) and not overwrite:
+        raise UserError(f"run folder {path} already holds a run; continue it with --resume {path}, "
+                        "start over with --overwrite, or choose another output folder")
+    if not dist_info.is_main:
+        yield RunFolder(path)
+        return
+    with _lock(path):
+        if not resume and overwrite:
+            _clear(path)
+        yield RunFolder(path)

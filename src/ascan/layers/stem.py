@@ -1,0 +1,64 @@
+"""Stems: the first downsampling of a model, picked by ``AscanCfg.stem``.
+
+* ``"conv"``: two 3x3 convolutions, the first with the stem's stride, BN + GELU between them
+  (AsCAN patent [0046], Table 5 S0; CoAtNet's S0).
+* ``"patch"``: space-to-depth by the stride (3 -> 48 channels for a stride of 4), a 1x1 convolution
+  and BN (NeoNeXt, seed 002 §4). Space-to-depth + 1x1 conv equals a ``stride x stride`` patchify conv;
+  sides that are not multiples of the stride are zero-padded at the bottom/right.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ascan.layers.conv_bn import ConvBN, fold_conv_bn
+
+StemKind = Literal["conv", "patch"]
+
+
+class ConvStem(nn.Module):
+    """Conv 3x3 (stride) -> BN -> GELU -> Conv 3x3."""
+
+    def __init__(self, in_chans: int, width: int, stride: int):
+        super().__init__()
+        self.conv1 = ConvBN(in_chans, width, 3, stride, act_layer=nn.GELU)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x))
+
+
+class PatchStem(nn.Module):
+    """Space-to-depth (``stride`` x ``stride`` patches) -> 1x1 conv (no bias) -> BN."""
+
+    def __init__(self, in_chans: int, width: int, stride: int):
+        super().__init__()
+        self.patch = stride
+        self.space_to_depth = nn.PixelUnshuffle(stride)
+        self.conv = nn.Conv2d(in_chans * stride**2, width, kernel_size=1, bias=False)
+        self.norm = nn.BatchNorm2d(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (0, -x.shape[-1] % self.patch, 0, -x.shape[-2] % self.patch))
+        return self.norm(self.conv(self.space_to_depth(x)))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the BatchNorm into the 1x1 conv for inference (timm ``reparameterize_model``)."""
+        if isinstance(self.norm, nn.BatchNorm2d):
+            self.conv = fold_conv_bn(self.conv, self.norm)
+            self.norm = nn.Identity()
+
+
+STEMS: dict[str, type[nn.Module]] = {"conv": ConvStem, "patch": PatchStem}
+
+
+def create_stem(kind: StemKind, in_chans: int, width: int, stride: int) -> nn.Module:
+    """The stem named ``kind`` (a key of :data:`STEMS`)."""
+    if kind not in STEMS:
+        raise ValueError(f"stem must be one of {sorted(STEMS)}, got {kind!r}")
+    return STEMS[kind](in_chans, width, stride)

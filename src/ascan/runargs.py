@@ -1,0 +1,67 @@
+"""What every training command shares on the command line: the run arguments and how a run's config resolves.
+
+``ascan train``, ``gen-train``, ``segment train`` and ``detect train`` all take ``--config``, ``--set``,
+``--resume RUN``, ``--overwrite``, ``--no-progress`` and ``--print-config``, and resolve a config the same
+way: built-in defaults <- the bundled YAML (or ``--config``) <- shortcuts <- ``--set``; on ``--resume`` the
+run's own saved config replaces the bundled YAML and the run's folder is the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ascan.config import config_to_dict
+from ascan.engine import load_checkpoint
+from ascan.errors import EXIT_INTERRUPTED, UserError
+
+CONFIG_FOLDER = "configs"
+
+
+def bundled_config(name: str) -> Path | None:
+    """``configs/<name>`` of the source tree, if present (the defaults are built in anyway)."""
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / CONFIG_FOLDER / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, default_config: str, set_example: str) -> None:
+    """The arguments every training command has (its own shortcuts are added by the caller)."""
+    parser.add_argument("--config", help=f"YAML config (default: configs/{default_config}, else built-in defaults)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help=f"override config keys, e.g. {set_example}")
+    parser.add_argument("--resume", metavar="RUN", help="run folder (or its last.pt) to continue")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run even if the output folder holds one (its files are replaced)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or summary table")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def resolve_run_config(args: argparse.Namespace, load_config: Callable[..., Any], default_config: str,
+                       shortcuts: list[str]) -> Any:
+    """The config a run starts (or resumes) with; ``shortcuts`` are ``key=value`` strings set by flags."""
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it: give one of them")
+    overrides = list(shortcuts) + (["progress=false"] if args.no_progress else []) + list(args.overrides)
+    if args.resume:
+        if any(item.startswith("output=") for item in overrides):
+            raise UserError("--resume continues a run in its own folder: leave out the output folder")
+        state = load_checkpoint(args.resume)
+        run_dir = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
+        return load_config(args.config, overrides, base=dict(state["config"], output=str(run_dir)))
+    return load_config(args.config or bundled_config(default_config), overrides)
+
+
+def run_training(args: argparse.Namespace, cfg: Any, train: Callable[..., Any]) -> int:
+    """Print the config (``--print-config``) or train; exit status 0 when the run completed, 130 if stopped."""
+    if args.print_config:
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+        return 0
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    return 0 if result.completed else EXIT_INTERRUPTED

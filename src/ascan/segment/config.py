@@ -1,0 +1,184 @@
+"""``ascan segment`` configuration: typed sections loaded from YAML, overridden with ``--set key=value``.
+
+Sections ``data``, ``model``, ``optim``, ``aug`` plus run settings, checked by :mod:`ascan.config` (unknown
+keys, wrong types and out-of-range values are one-line errors naming the dotted key). The defaults are the
+garment scenes with a slim ascan_nano + UPerNet sized for a 2-core CPU (``configs/segment_scenes.yaml``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ascan import config as generic
+from ascan.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Range, setting
+from ascan.data.scenes import SceneConfig
+from ascan.engine.runtime import AMP_CHOICES
+from ascan.engine.settings import (
+    CHECKPOINT_MINUTES_RANGE,
+    CHECKPOINT_STEPS_RANGE,
+    CLIP_GRAD_RANGE,
+    DEFAULT_CHECKPOINT_MINUTES,
+    EMA_DECAY_RANGE,
+    EVAL_EVERY_RANGE,
+    WORKERS_RANGE,
+    FitConfig,
+)
+from ascan.errors import UserError
+from ascan.segment.model import PROTOCOLS
+
+SOURCES = ("scenes", "ade", "coco")
+LABEL_RANGE = Range(0, 255)  # index PNGs hold one byte per pixel
+NUM_CLASSES_RANGE = Range(2, 255)
+LR_RANGE = Range(0.0, 10.0)
+SMOOTHING_RANGE = Range(0.0, 1.0, high_open=True)
+SCALE_RANGE = Range(0.1, 4.0)  # scale-jitter factors (ascan.data.dense_transforms)
+CROP_RANGE = Range(8, 8192)
+DECODER_CHANNELS_RANGE = Range(1, 4096)
+
+
+@dataclass
+class SegDataConfig:
+    """Where images and label maps come from.
+
+    ``scenes``: the generated garment scenes in ``root`` (made on first use; ``scenes`` overrides fields of
+    :class:`ascan.data.scenes.SceneConfig`, e.g. ``data.scenes.train_scenes=1000``).
+    ``ade``: an ADE20K-style folder, ``<root>/images/<split>/`` + ``<root>/<annotation_dir>/<split>/*.png``
+    (``num_classes`` required; ``reduce_zero_label`` for ADE20K itself).
+    ``coco``: a COCO instance JSON rasterised to class maps (0 = background), files at
+    ``<root>/<coco_annotations>`` and ``<root>/<coco_images>`` with ``{split}`` filled in.
+    """
+
+    source: str = setting("scenes", choices=SOURCES)
+    root: str = "data/scenes"
+    train_split: str = "train"
+    eval_split: str = "test"
+    num_classes: int | None = setting(None, NUM_CLASSES_RANGE)  # None: from the data (scenes, coco)
+    ignore_index: int = setting(255, LABEL_RANGE)
+    reduce_zero_label: bool = False
+    annotation_dir: str = "annotations"
+    coco_annotations: str = "annotations/instances_{split}.json"
+    coco_images: str = "images/{split}"
+    batch_size: int = setting(16, AT_LEAST_ONE)  # global: split evenly across DDP processes
+    eval_batch_size: int = setting(32, AT_LEAST_ONE)
+    num_workers: int = setting(0, WORKERS_RANGE)
+    train_subset: int | None = setting(None, AT_LEAST_ONE)  # only the first N training images (quick runs)
+    eval_subset: int | None = setting(None, AT_LEAST_ONE)
+    scenes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SegModelConfig:
+    """Any timm backbone + UPerNet; ``protocol`` ``smp`` (S1-S4 via smp) or ``patent`` (S2-S4)."""
+
+    backbone: str = "ascan_nano"
+    protocol: str = setting("smp", choices=PROTOCOLS)
+    decoder_channels: int = setting(64, DECODER_CHANNELS_RANGE)
+    drop_path_rate: float = setting(0.0, FRACTION)
+    # ascan_nano slimmed as for `ascan train` (16-32-64-128, C expansion 2): strides 2/4/8/16 on 128-px scenes.
+    kwargs: dict[str, Any] = field(default_factory=lambda: {
+        "widths": [16, 32, 64, 128], "stem_width": 16, "head_width": 128,
+        "block_kwargs": {"T": {"head_dim": 16}, "C": {"expand_ratio": 2.0}}})
+
+
+@dataclass
+class SegOptimConfig:
+    """AdamW (weight decay 0.05 as the patent's dense runs) + cosine with linear warm-up, per step."""
+
+    opt: str = "adamw"
+    lr: float = setting(2e-3, LR_RANGE)
+    weight_decay: float = setting(0.05, NON_NEGATIVE)
+    epochs: int = setting(8, AT_LEAST_ONE)
+    warmup_epochs: float = setting(0.5, NON_NEGATIVE)
+    warmup_lr: float = setting(1e-6, LR_RANGE)
+    min_lr: float = setting(1e-5, LR_RANGE)
+    clip_grad: float | None = setting(1.0, CLIP_GRAD_RANGE)
+    ema_decay: float | None = setting(0.9999, EMA_DECAY_RANGE)  # with timm's warm-up; None disables
+    ema_warmup: bool = True
+    label_smoothing: float = setting(0.0, SMOOTHING_RANGE)
+
+
+@dataclass
+class SegAugConfig:
+    """Training augmentation (torchvision v2, masks moved with the image; nearest for the masks)."""
+
+    hflip: float = setting(0.5, FRACTION)
+    scale_min: float = setting(1.0, SCALE_RANGE)  # scale jitter factors (1.0 and 1.0: off); needs crop_size
+    scale_max: float = setting(1.0, SCALE_RANGE)
+    crop_size: int | None = setting(None, CROP_RANGE)  # random square crop, padded with ignore_index
+
+
+@dataclass
+class SegmentConfig:
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+    model: SegModelConfig = field(default_factory=SegModelConfig)
+    optim: SegOptimConfig = field(default_factory=SegOptimConfig)
+    aug: SegAugConfig = field(default_factory=SegAugConfig)
+    output: str = "runs/segment_scenes"
+    seed: int = setting(0, Range(0, 2**31 - 1))
+    device: str = "auto"
+    amp: str = setting("auto", choices=AMP_CHOICES)
+    deterministic: bool = False
+    channels_last: bool = True
+    threads: int | None = setting(None, AT_LEAST_ONE)
+    eval_every: int = setting(1, EVAL_EVERY_RANGE)
+    max_steps: int | None = setting(None, AT_LEAST_ONE)
+    checkpoint_every_steps: int | None = setting(None, CHECKPOINT_STEPS_RANGE)
+    checkpoint_every_minutes: float | None = setting(DEFAULT_CHECKPOINT_MINUTES, CHECKPOINT_MINUTES_RANGE)
+    progress: bool = True
+
+
+def scene_config(data: SegDataConfig) -> SceneConfig:
+    """The scene set asked for: defaults with ``data.scenes`` applied, each key and value checked."""
+    names = {f.name for f in fields(SceneConfig)}
+    unknown = sorted(set(data.scenes) - names)
+    if unknown:
+        raise UserError(f"unknown config key 'data.scenes.{unknown[0]}'; valid keys: {', '.join(sorted(names))}")
+    try:
+        return SceneConfig(**data.scenes)
+    except (ValueError, TypeError) as err:  # SceneConfig's own range checks
+        raise UserError(f"data.scenes: {err}") from None
+
+
+def check_config(cfg: SegmentConfig) -> None:
+    """Checks across fields that the per-field ranges cannot express."""
+    if cfg.aug.scale_min > cfg.aug.scale_max:
+        raise UserError(f"aug.scale_min {cfg.aug.scale_min} > aug.scale_max {cfg.aug.scale_max}")
+    if (cfg.aug.scale_min, cfg.aug.scale_max) != (1.0, 1.0) and cfg.aug.crop_size is None:
+        raise UserError("aug.scale_min/scale_max need aug.crop_size (the jittered images are cropped to it)")
+    if cfg.data.source == "ade" and cfg.data.num_classes is None:
+        raise UserError("data.num_classes is required for data.source=ade")
+    if cfg.data.num_classes is not None and cfg.data.ignore_index < cfg.data.num_classes:
+        raise UserError(f"data.ignore_index {cfg.data.ignore_index} must be >= data.num_classes "
+                        f"{cfg.data.num_classes}")
+    if cfg.data.source == "scenes":
+        scene_config(cfg.data)
+
+
+def fit_config(cfg: SegmentConfig) -> FitConfig:
+    """The engine's loop settings, read from their places in this config."""
+    return FitConfig(epochs=cfg.optim.epochs, batch_size=cfg.data.batch_size, max_steps=cfg.max_steps,
+                     num_workers=cfg.data.num_workers, seed=cfg.seed, amp=cfg.amp, clip_grad=cfg.optim.clip_grad,
+                     ema_decay=cfg.optim.ema_decay, ema_warmup=cfg.optim.ema_warmup, channels_last=cfg.channels_last,
+                     eval_every=cfg.eval_every, checkpoint_every_steps=cfg.checkpoint_every_steps,
+                     checkpoint_every_minutes=cfg.checkpoint_every_minutes, progress=cfg.progress)
+
+
+def config_from_dict(values: dict[str, Any]) -> SegmentConfig:
+    cfg = generic.config_from_dict(SegmentConfig, values)
+    generic.check_ranges(cfg)
+    check_config(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> SegmentConfig:
+    """Defaults <- ``base`` (a checkpoint's config) <- YAML file <- ``overrides``, all checked."""
+    cfg = generic.load_config(SegmentConfig, path, overrides, base)
+    check_config(cfg)
+    return cfg
+
+
+__all__ = ["SOURCES", "SegAugConfig", "SegDataConfig", "SegModelConfig", "SegOptimConfig", "SegmentConfig",
+           "check_config", "config_from_dict", "fit_config", "load_config", "scene_config"]

@@ -1,0 +1,110 @@
+"""``ascan segment train``: a UPerNet segmenter trained by the shared engine (:func:`ascan.engine.fit`).
+
+AdamW through ``timm.optim.create_optimizer_v2`` (no weight decay on norms, biases and position tables),
+cosine schedule with linear warm-up per step, gradient clipping, model EMA, autocast, resumable atomic
+checkpoints, ``metrics.csv``/``curves.png`` — all the engine's. The run's config is stored in every
+checkpoint and, as JSON, in the exported safetensors' metadata, so ``eval``/``predict`` rebuild the model
+from either.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import timm
+from timm.optim import create_optimizer_v2
+
+from ascan.config import config_to_dict, save_config
+from ascan.engine import (
+    CONFIG_NAME,
+    FitResult,
+    RunInfo,
+    batches_per_epoch,
+    cosine_with_warmup,
+    fit,
+    load_checkpoint,
+    open_run_folder,
+    seed_all,
+    session,
+)
+from ascan.errors import UserError
+from ascan.layout import LayoutError
+from ascan.segment.config import SegmentConfig, fit_config
+from ascan.segment.data import SegDataInfo, build_datasets
+from ascan.segment.model import Segmenter, build_segmenter
+from ascan.segment.task import SegmentationTask
+
+COMMAND = "ascan segment train"
+CONFIG_METADATA_KEY = "segment_config"  # the run's config (JSON) in the exported safetensors
+NUM_CLASSES_KEY = "num_classes"
+CLASS_NAMES_KEY = "class_names"
+
+
+def create_segmenter(cfg: SegmentConfig, num_classes: int) -> Segmenter:
+    """The config's backbone + UPerNet; a bad backbone name or kwargs is a one-line UserError."""
+    model = cfg.model
+    if not timm.is_model(model.backbone):
+        raise UserError(f"model.backbone {model.backbone!r} is not a timm model (see timm.list_models())")
+    kwargs = dict(model.kwargs)
+    if model.drop_path_rate:
+        kwargs["drop_path_rate"] = model.drop_path_rate
+    try:
+        return build_segmenter(model.backbone, num_classes, model.protocol, decoder_channels=model.decoder_channels,
+                               backbone_kwargs=kwargs)
+    except (ValueError, TypeError, LayoutError) as err:  # argument checks of build_segmenter / timm / layouts
+        raise UserError(f"model (backbone {model.backbone}, kwargs {kwargs}): {err}") from None
+
+
+def run_info(cfg: SegmentConfig, info: SegDataInfo) -> RunInfo:
+    meta = {CONFIG_METADATA_KEY: json.dumps(config_to_dict(cfg)), NUM_CLASSES_KEY: str(info.num_classes),
+            CLASS_NAMES_KEY: json.dumps(list(info.class_names)), "backbone": cfg.model.backbone,
+            "protocol": cfg.model.protocol}
+    return RunInfo(title=f"{COMMAND}: {cfg.model.backbone} + UPerNet ({cfg.model.protocol}) on {cfg.data.source}",
+                   command=COMMAND,
+                   checkpoint_extra={"config": config_to_dict(cfg), NUM_CLASSES_KEY: info.num_classes,
+                                     CLASS_NAMES_KEY: list(info.class_names)},
+                   weights_metadata=meta)
+
+
+def _check_resumable(checkpoint: dict[str, Any], info: SegDataInfo, source: str) -> None:
+    trained_for = checkpoint.get(NUM_CLASSES_KEY)
+    if trained_for is not None and trained_for != info.num_classes:
+        raise UserError(f"checkpoint {source} was trained for {trained_for} classes but the data has "
+                        f"{info.num_classes}; start a new run")
+
+
+def _train(cfg: SegmentConfig, env, folder, checkpoint: dict[str, Any] | None, source: str,
+           step_callback: Callable[[int], None] | None) -> FitResult:
+    seed_all(cfg.seed)  # the same initial weights on every rank
+    train_set, eval_set, info = build_datasets(cfg, progress=cfg.progress and env.dist.is_main)
+    model = create_segmenter(cfg, info.num_classes)
+    if checkpoint is not None:
+        _check_resumable(checkpoint, info, source)
+    optimizer = create_optimizer_v2(model, cfg.optim.opt, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    per_epoch = batches_per_epoch(len(train_set), cfg.data.batch_size, env.dist.world_size)
+    scheduler = cosine_with_warmup(optimizer, cfg.optim.epochs * per_epoch,
+                                   int(round(cfg.optim.warmup_epochs * per_epoch)), cfg.optim.warmup_lr,
+                                   cfg.optim.min_lr)
+    task = SegmentationTask(eval_set, info.num_classes, model.size_multiple, info.ignore_index,
+                            cfg.optim.label_smoothing, cfg.data.eval_batch_size, cfg.channels_last,
+                            info.class_names, env.dist)
+    if env.dist.is_main:
+        save_config(cfg, folder / CONFIG_NAME)
+    return fit(task, model, optimizer, scheduler, train_set, fit_config(cfg), env, folder,
+               info=run_info(cfg, info), resume=checkpoint, resume_source=f"checkpoint {source}",
+               step_callback=step_callback)
+
+
+def train(cfg: SegmentConfig, resume: str | Path | None = None, overwrite: bool = False,
+          step_callback: Callable[[int], None] | None = None) -> FitResult:
+    """Train ``cfg`` into ``cfg.output`` (continuing ``resume``, a run folder or its ``last.pt``, if given)."""
+    checkpoint = load_checkpoint(resume) if resume is not None else None
+    with (session(cfg.device, cfg.threads, cfg.deterministic) as env,
+          open_run_folder(cfg.output, env.dist, resume=checkpoint is not None, overwrite=overwrite) as folder):
+        return _train(cfg, env, folder, checkpoint, str(resume), step_callback)
+
+
+__all__ = ["CLASS_NAMES_KEY", "CONFIG_METADATA_KEY", "NUM_CLASSES_KEY", "create_segmenter", "run_info", "train"]

@@ -1,0 +1,97 @@
+"""``ascan eval``: top-1/top-5 accuracy (torchmetrics) of a checkpoint on a data set.
+
+Reads a training checkpoint (``runs/x``, ``runs/x/last.pt``) or a ``.safetensors`` export (then the model
+is rebuilt from the metadata written beside the weights). Evaluates the EMA weights when the checkpoint
+has them, unless ``--no-ema``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+import ascan  # noqa: F401  (registers ascan models in timm)
+from ascan.data.datasets import build_dataset
+from ascan.engine import DistInfo, load_checkpoint, load_model_state, load_weights_file, resolve_device
+from ascan.errors import UserError
+from ascan.train.config import TrainConfig, config_from_dict
+from ascan.train.metrics import evaluate
+from ascan.train.weights import create_model, resize_state_dict
+
+DEFAULT_EVAL_BATCH = 500
+
+
+def _config_from_safetensors(path: Path, model_name: str | None) -> TrainConfig:
+    """The model and data settings a ``.safetensors`` export carries in its metadata."""
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist")
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata() or {}
+    name = model_name or meta.get("model")
+    if not name:
+        raise UserError(f"{path} carries no model name; pass --model")
+    data = {"image_size": int(meta.get("image_size", 32)), "dataset": meta.get("dataset", "fashion_mnist"),
+            "root": meta.get("data_root") or None, "eval_split": meta.get("eval_split", "test")}
+    return config_from_dict({"model": {"name": name, "kwargs": json.loads(meta.get("model_kwargs", "{}"))},
+                             "data": data})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ascan eval", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="run folder, checkpoint file (last.pt) or .safetensors weights")
+    parser.add_argument("--dataset", choices=["fashion_mnist", "imagefolder"], help="default: the run's data set")
+    parser.add_argument("--data-root", help="data folder (default: the run's)")
+    parser.add_argument("--split", help="split to evaluate (default: the run's eval split, e.g. 'test')")
+    parser.add_argument("--image-size", type=int, help="evaluation resolution (default: the run's)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_EVAL_BATCH)
+    parser.add_argument("--model", help="timm model name (only for .safetensors without metadata)")
+    parser.add_argument("--no-ema", action="store_true", help="evaluate the raw weights, not the EMA")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def _apply_data_flags(cfg: TrainConfig, args: argparse.Namespace) -> None:
+    for flag, key in (("dataset", "dataset"), ("data_root", "root"), ("split", "eval_split"),
+                      ("image_size", "image_size")):
+        if getattr(args, flag):
+            setattr(cfg.data, key, getattr(args, flag))
+    cfg.data.eval_subset = None
+
+
+def config_and_weights(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, torch.Tensor]]:
+    """The run's config (data flags applied) and the weights to evaluate (EMA unless ``--no-ema``)."""
+    path = Path(args.checkpoint)
+    if path.suffix == ".safetensors":
+        cfg, weights = _config_from_safetensors(path, args.model), load_weights_file(path)
+    else:
+        state = load_checkpoint(path)
+        cfg = config_from_dict(state["config"])
+        weights = state["ema"] if not args.no_ema and state.get("ema") is not None else state["model"]
+    _apply_data_flags(cfg, args)
+    return cfg, weights
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cfg, weights = config_and_weights(args)
+    eval_set, info = build_dataset(cfg.data, cfg.aug, train=False)
+    model = create_model(cfg, info)
+    load_model_state(model, resize_state_dict(model, weights), args.checkpoint)  # also maps legacy keys
+    device = resolve_device(args.device, DistInfo())
+    model.to(device)
+    result = evaluate(model, eval_set, info.num_classes, device, args.batch_size)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{cfg.model.name} on {cfg.data.dataset}/{cfg.data.eval_split} ({result['n']} images): "
+              f"top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  loss {result['loss']:.4f}")
+    sys.stdout.flush()
+    return 0

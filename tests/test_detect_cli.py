@@ -1,0 +1,142 @@
+"""`ascan detect` on tiny generated scenes: train, exact resume, eval, predict overlays, user errors."""
+
+import csv
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from ascan import config as generic
+from ascan.detect.cli import main
+from ascan.detect.config import DetectConfig, load_config
+from ascan.detect.predict import PALETTE, draw_overlay
+from ascan.detect.task import train
+from ascan.errors import UserError
+
+CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "detect_scenes.yaml"
+
+
+def _tiny(root: Path, output: Path, arch: str = "mask_rcnn") -> list[str]:
+    """``train`` arguments: 64-px scenes (8 train, 4 test), a very small backbone and heads (fast steps)."""
+    return ["--no-progress", "--set", *_tiny_overrides(root, output, arch)]
+
+
+def _tiny_overrides(root: Path, output: Path, arch: str = "mask_rcnn") -> list[str]:
+    return ["progress=false", f"data.root={root}", f"output={output}", f"model.arch={arch}",
+            "data.image_size=64", "data.batch_size=4", "data.eval_batch_size=4", "optim.warmup_steps=1",
+            "data.scenes={train_scenes: 8, test_scenes: 4, min_scale: 16, max_scale: 40, max_garments: 2}",
+            "model.backbone_kwargs={widths: [8, 16, 16, 32], stem_width: 8, head_width: 0, img_size: 64, "
+            "block_kwargs: {T: {head_dim: 8}, C: {expand_ratio: 1.0}}}",
+            "model.detector={fpn_channels: 16, box_head_dim: 32, mask_head_channels: 8, mask_head_convs: 1, "
+            "rpn_pre_nms_top_n_train: 200, rpn_post_nms_top_n_train: 50, rpn_pre_nms_top_n_test: 100, "
+            "rpn_post_nms_top_n_test: 30, box_batch_size_per_image: 32, anchor_base: 8}"]
+
+
+def test_config_file_equals_built_in_defaults():
+    assert generic.config_to_dict(load_config(CONFIG_FILE)) == generic.config_to_dict(DetectConfig())
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("scenes") / "scenes"
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model.safetensors"))
+
+
+def test_train_resume_is_exact_then_eval_and_predict(tmp_path, scenes, capsys):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["train", *_tiny(scenes, straight), "optim.epochs=2"]) == 0  # 2 epochs x 2 steps
+    assert (scenes / "annotations" / "instances_train.json").is_file()  # scenes made on first use
+    with open(straight / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert {"train_loss_mask", "train_loss_classifier", "test_box_map", "test_mask_map"} <= set(rows[-1])
+    assert 0.0 <= float(rows[-1]["test_box_map"]) <= 100.0
+    assert (straight / "curves.png").is_file() and (straight / "last.pt").is_file()
+    saved = yaml.safe_load((straight / "config.yaml").read_text())
+    assert saved["model"]["arch"] == "mask_rcnn" and saved["data"]["image_size"] == 64
+
+    # the same run stopped by SIGTERM after step 1 (mid-epoch) and resumed reaches bit-identical weights
+    cfg = load_config(CONFIG_FILE, [*_tiny_overrides(scenes, split), "optim.epochs=2"])
+    stop_after_first = lambda step: os.kill(os.getpid(), signal.SIGTERM) if step == 1 else None  # noqa: E731
+    stopped = train(cfg, step_callback=stop_after_first)
+    assert not stopped.completed and stopped.step == 1 and not (split / "model.safetensors").exists()
+    assert main(["train", "--resume", str(split), "--no-progress"]) == 0
+    expected, got = _weights(straight), _weights(split)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+
+    capsys.readouterr()
+    assert main(["eval", str(straight), "--no-progress", "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "4 images" in out and "box  AP" in out and "mask AP" in out
+
+    overlays = tmp_path / "overlays"
+    assert main(["predict", str(straight), str(scenes / "images" / "test"), "--out", str(overlays),
+                 "--limit", "2", "--score-thresh", "0.0", "--no-progress"]) == 0
+    files = sorted(overlays.glob("*.png"))
+    assert len(files) == 2
+    from PIL import Image
+
+    with Image.open(files[0]) as img:
+        assert img.size == (512, 512) and img.mode == "RGB"  # 64-px scenes drawn 8x larger
+
+
+def test_cascade_trains_one_step_and_a_run_folder_is_not_overwritten(tmp_path, scenes):
+    run = tmp_path / "cascade"
+    args = _tiny(scenes, run, "cascade_mask_rcnn")
+    assert main(["train", *args, "max_steps=1"]) == 0
+    with open(run / "metrics.csv") as f:
+        row = list(csv.DictReader(f))[-1]
+    assert {"train_loss_classifier_stage2", "train_loss_box_reg_stage3"} <= set(row) and row["step"] == "1"
+    with pytest.raises(UserError, match="already holds a run"):
+        main(["train", *args, "max_steps=1"])
+
+
+def test_overlay_draws_masks_and_boxes_of_kept_detections_only():
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    masks = torch.zeros(2, 1, 64, 64)
+    masks[0, 0, 10:30, 10:30] = 0.9
+    masks[1, 0, 40:60, 40:60] = 0.9
+    pred = {"boxes": torch.tensor([[10.0, 10, 30, 30], [40, 40, 60, 60]]), "labels": torch.tensor([3, 5]),
+            "scores": torch.tensor([0.9, 0.2]), "masks": masks}
+    names = tuple(f"class{i}" for i in range(1, 11))
+    out = draw_overlay(image, pred, names, score_thresh=0.5)
+    assert out.shape == (3, 512, 512) and out.dtype == torch.uint8
+    colour = torch.tensor([int(PALETTE[2][i:i + 2], 16) for i in (1, 3, 5)])
+    inside = out[:, 20 * 8, 20 * 8]  # centre of the kept mask: tinted towards class 3's colour
+    assert (inside > 0).any() and torch.allclose(inside.float(), colour.float() * 0.45, atol=2)
+    assert torch.equal(out[:, 50 * 8, 50 * 8], torch.zeros(3, dtype=torch.uint8))  # score 0.2: not drawn
+    assert torch.equal(out[:, 10 * 8 + 10, 10 * 8], colour.to(torch.uint8))  # left box edge in class colour
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.arch=retinanet"], "model.arch"),
+    (["model.backbone=not_a_model"], "model.backbone"),
+    (["model.detector={fpn_channels: 0}"], "fpn_channels"),
+    (["model.detector={bogus: 1}"], "bogus"),
+    (["data.source=coco"], "data.train_annotations"),
+    (["data.scale_min=0.5"], "scale_max"),
+    (["optim.lr=-1"], "optim.lr"),
+])
+def test_bad_settings_are_one_line_user_errors(overrides, message, tmp_path):
+    with pytest.raises(UserError, match=message):
+        main(["train", "--print-config", "--set", f"output={tmp_path}", *overrides])
+
+
+def test_bad_scene_settings_and_paths_are_user_errors(tmp_path, scenes):
+    with pytest.raises(UserError, match="data.scenes"):
+        main(["train", *_tiny(tmp_path / "s2", tmp_path / "r"), "data.scenes={colour: 1}"])
+    with pytest.raises(UserError, match="does not exist"):
+        main(["eval", str(tmp_path / "no_run")])
+    with pytest.raises(UserError, match="no such image"):
+        main(["predict", str(tmp_path / "no_run"), str(tmp_path / "missing.png"), "--out", str(tmp_path)])
+    with pytest.raises(UserError, match="--resume"):
+        main(["train", "--resume", str(tmp_path), "--overwrite"])

@@ -1,0 +1,173 @@
+"""``ascan segment`` train / eval / predict end to end on a tiny ADE-style folder written here."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from ascan.errors import UserError
+from ascan.segment.cli import main
+from ascan.segment.config import load_config
+from ascan.segment.predict import class_colours, load_trained, overlay
+
+SIZE = 32
+NUM_CLASSES = 3  # 0 background, 1 red squares, 2 blue squares
+COLOURS = {1: (220, 40, 40), 2: (40, 40, 220)}
+TINY_MODEL = ["model.backbone=ascan_tiny", "model.decoder_channels=8",
+              "model.kwargs={layout: C-C-CT-T, widths: [16, 32, 64, 128], stem_width: 16, head_width: 0, "
+              "block_kwargs: {T: {head_dim: 16}}}"]
+
+
+def _write_split(root, split, count, rng):
+    (root / "images" / split).mkdir(parents=True)
+    (root / "annotations" / split).mkdir(parents=True)
+    for i in range(count):
+        image = rng.integers(90, 160, (SIZE, SIZE, 3)).astype(np.uint8)
+        labels = np.zeros((SIZE, SIZE), np.uint8)
+        for cls in (1, 2):
+            side = int(rng.integers(8, 14))
+            y, x = (int(v) for v in rng.integers(0, SIZE - side, 2))
+            image[y:y + side, x:x + side] = COLOURS[cls]
+            labels[y:y + side, x:x + side] = cls
+        labels[0, :4] = 255  # a few ignored pixels
+        Image.fromarray(image).save(root / "images" / split / f"{i:03d}.png")
+        Image.fromarray(labels, mode="L").save(root / "annotations" / split / f"{i:03d}.png")
+
+
+@pytest.fixture(scope="module")
+def ade_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ade")
+    rng = np.random.default_rng(0)
+    _write_split(root, "train", 4, rng)
+    _write_split(root, "test", 3, rng)
+    return root
+
+
+def _args(ade_root, out, *extra):
+    return ["train", "--no-progress", "--output", str(out), "--set", "data.source=ade", f"data.root={ade_root}",
+            f"data.num_classes={NUM_CLASSES}", "data.batch_size=4", "data.eval_batch_size=2", "optim.lr=5e-3",
+            "optim.warmup_epochs=0", "optim.ema_decay=null", "aug.hflip=0.0", "eval_every=0", "threads=1",
+            "amp=off", "channels_last=false", *TINY_MODEL, *extra]
+
+
+def _history(run):
+    lines = (run / "metrics.csv").read_text().splitlines()
+    keys = lines[0].split(",")
+    return [dict(zip(keys, line.split(","), strict=True)) for line in lines[1:]]
+
+
+def test_loss_falls_on_a_repeated_batch(ade_root, tmp_path):
+    """One batch per epoch (4 images, batch 4): 25 steps on the same pixels must more than halve the loss."""
+    assert main(_args(ade_root, tmp_path / "run", "optim.epochs=25", "optim.min_lr=5e-3")) == 0
+    losses = [float(row["train_loss"]) for row in _history(tmp_path / "run")]
+    assert len(losses) == 25
+    assert losses[-1] < 0.5 * losses[0], losses
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["completed"] and 0.0 <= summary["test_miou"] <= 100.0
+
+
+def test_resumed_run_equals_uninterrupted(ade_root, tmp_path):
+    """Cut after 2 of 3 steps, then --resume: the weights of the uninterrupted run (every state restored)."""
+    assert main(_args(ade_root, tmp_path / "full", "optim.epochs=3", "deterministic=true")) == 0
+    assert main(_args(ade_root, tmp_path / "cut", "optim.epochs=3", "max_steps=2", "deterministic=true")) == 0
+    assert (tmp_path / "cut" / "last.pt").is_file() and len(_history(tmp_path / "cut")) == 2
+    assert main(["train", "--no-progress", "--resume", str(tmp_path / "cut"), "--set", "max_steps=null"]) == 0
+    assert len(_history(tmp_path / "cut")) == 3
+    full = load_file(tmp_path / "full" / "model.safetensors")
+    resumed = load_file(tmp_path / "cut" / "model.safetensors")
+    assert full.keys() == resumed.keys()
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.fixture(scope="module")
+def trained_run(ade_root, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "run"
+    assert main(_args(ade_root, run, "optim.epochs=3")) == 0
+    return run
+
+
+def test_eval_matches_the_runs_own_evaluation(trained_run, capsys):
+    assert main(["eval", str(trained_run), "--json", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert result["mIoU"] == pytest.approx(summary["test_miou"], abs=1e-4)
+    assert result["pixel_acc"] == pytest.approx(summary["test_pixel_acc"], abs=1e-4)
+    # the exported weights rebuild the same model from their metadata alone
+    assert main(["eval", str(trained_run / "model.safetensors"), "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["mIoU"] == pytest.approx(result["mIoU"], abs=1e-4)
+
+
+def test_predict_writes_overlays_and_labels(trained_run, ade_root, tmp_path):
+    images = ade_root / "images" / "test"
+    assert main(["predict", str(trained_run), str(images), "--out", str(tmp_path), "--save-labels",
+                 "--device", "cpu"]) == 0
+    trained = load_trained(trained_run)
+    for path in sorted(images.iterdir()):
+        overlay = np.asarray(Image.open(tmp_path / f"{path.stem}_overlay.png"))
+        labels = np.asarray(Image.open(tmp_path / f"{path.stem}_labels.png"))
+        assert overlay.shape == (SIZE, SIZE, 3) and labels.shape == (SIZE, SIZE)
+        original = np.array(Image.open(path))
+        image = torch.from_numpy(original).permute(2, 0, 1).float() / 255
+        with torch.no_grad():
+            expected = trained.model(image[None]).argmax(1)[0].numpy()
+        np.testing.assert_array_equal(labels, expected)
+        # ADE classes have no 'background': every pixel is blended 50/50 with its class colour
+        palette = np.array(class_colours(NUM_CLASSES), dtype=np.float64)
+        blend = 0.5 * original + 0.5 * palette[labels]
+        assert np.abs(overlay - blend).max() <= 1.0
+
+
+def test_overlay_leaves_background_untouched():
+    image = torch.full((3, 4, 4), 0.5)
+    labels = torch.tensor([[0, 0, 1, 1]] * 4)
+    out = overlay(image, labels, ("background", "shirt"), alpha=1.0)
+    assert (out[:, :, :2] == 128).all()
+    assert out[:, :, 2:].permute(1, 2, 0).reshape(-1, 3).tolist() == [list(class_colours(2)[1])] * 8
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["model.protocol=mmseg"], "model.protocol"),
+    (["data.source=ade"], "data.num_classes"),
+    (["aug.scale_min=0.5"], "aug.crop_size"),
+    (["data.scenes={train_scenes: 0}"], "data.scenes"),
+    (["data.scenes={no_such: 1}"], "data.scenes.no_such"),
+])
+def test_config_errors_name_the_key(overrides, match):
+    with pytest.raises(UserError, match=match):
+        load_config(None, overrides)
+
+
+def test_unknown_backbone_is_a_user_error(ade_root, tmp_path):
+    with pytest.raises(UserError, match="no_such_net"):
+        main(_args(ade_root, tmp_path / "run", "model.backbone=no_such_net", "model.kwargs={}"))
+
+
+def test_metrics_csv_records_eval(trained_run):
+    last = _history(trained_run)[-1]
+    assert not math.isnan(float(last["test_miou"])) and float(last["test_pixel_acc"]) > 0
+
+
+def test_default_source_makes_scenes_on_first_use(tmp_path):
+    """The default data (garment scenes) are generated into data.root, then read back as an ADE-style folder."""
+    root, run = tmp_path / "scenes", tmp_path / "run"
+    scenes = "data.scenes={image_size: 64, train_scenes: 4, test_scenes: 2, min_scale: 24, max_scale: 48}"
+    assert main(["train", "--no-progress", "--output", str(run), "--set", f"data.root={root}", scenes,
+                 "data.batch_size=2", "max_steps=1", "threads=1", "amp=off", "optim.ema_decay=null",
+                 *TINY_MODEL]) == 0
+    assert (root / "scenes.json").is_file() and len(list((root / "semantic" / "train").iterdir())) == 4
+    trained = load_trained(run)
+    assert trained.class_names[0] == "background" and len(trained.class_names) == 11
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 1 and 0.0 <= summary["test_pixel_acc"] <= 100.0
+
+
+def test_shipped_config_equals_the_defaults():
+    from ascan.config import config_to_dict
+    from ascan.segment.cli import default_config_path
+
+    assert config_to_dict(load_config(default_config_path())) == config_to_dict(load_config(None))
