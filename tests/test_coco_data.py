@@ -274,6 +274,17 @@ def test_ade_size_mismatch_and_rgb_annotation(tmp_path):
         SemanticFolder(_ade(tmp_path / "b", mode="RGB"), "val", num_classes=3)[0]
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_segmentation_transforms_with_nothing_to_do_are_none(tmp_path, train):
+    """Evaluation, or training with every step off, is no pipeline (torchvision's Compose refuses an empty list)."""
+    transforms = segmentation_transforms(train=train, hflip=0.0)
+    assert transforms is None
+    ds = SemanticFolder(_ade(tmp_path), "val", num_classes=3, transforms=transforms)
+    image, mask = ds[0]
+    assert image.shape == (3, 3, 4) and mask.shape == (3, 4)
+    assert segmentation_transforms(train=False, crop_size=6, hflip=0.5) is None  # the training steps only
+
+
 def test_segmentation_crop_pads_mask_with_ignore(tmp_path):
     transforms = segmentation_transforms(train=True, crop_size=6, hflip=0.0)
     ds = SemanticFolder(_ade(tmp_path), "val", num_classes=3, transforms=transforms)

@@ -13,23 +13,9 @@ from ascan.errors import UserError
 from ascan.train.config import AugConfig
 
 
-def write_fake_fashion_mnist(root, n_train: int = 40, n_test: int = 20, seed: int = 0, gz: bool = True):
-    """Random images with the official file names; returns the arrays written."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    suffix = ".gz" if gz else ""
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=(n,), dtype=np.uint8)
-        write_idx(root / f"{prefix}-images-idx3-ubyte{suffix}", images)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
-        arrays[prefix] = (images, labels)
-    return arrays
-
-
 @pytest.mark.parametrize("gz", [True, False])
-def test_loader_reads_what_was_written(tmp_path, gz):
-    arrays = write_fake_fashion_mnist(tmp_path, gz=gz)
+def test_loader_reads_what_was_written(tmp_path, fake_fashion_mnist, gz):
+    arrays = fake_fashion_mnist(tmp_path, gz=gz)
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images, labels = load_fashion_mnist(tmp_path, split)
         assert images.dtype == torch.uint8 and labels.dtype == torch.int64
@@ -46,8 +32,8 @@ def test_idx_header_bytes_are_big_endian(tmp_path):
     assert raw[12:] == bytes(range(6))
 
 
-def test_truncated_file_is_a_format_error(tmp_path):
-    write_fake_fashion_mnist(tmp_path, gz=False)
+def test_truncated_file_is_a_format_error(tmp_path, fake_fashion_mnist):
+    fake_fashion_mnist(tmp_path, gz=False)
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-5])
     with pytest.raises(IdxFormatError, match="expected"):
@@ -59,8 +45,8 @@ def test_missing_folder_says_how_to_install(tmp_path):
         load_fashion_mnist(tmp_path / "nope", "train")
 
 
-def test_eval_transform_pads_to_32_and_normalizes(tmp_path):
-    arrays = write_fake_fashion_mnist(tmp_path)
+def test_eval_transform_pads_to_32_and_normalizes(tmp_path, fake_fashion_mnist):
+    arrays = fake_fashion_mnist(tmp_path)
     dataset = FashionMNIST(tmp_path, "test", fashion_mnist_transform(32, train=False))
     image, label = dataset[3]
     assert image.shape == (1, 32, 32) and label == int(arrays["t10k"][1][3])
@@ -69,9 +55,9 @@ def test_eval_transform_pads_to_32_and_normalizes(tmp_path):
     np.testing.assert_allclose(image[0].numpy(), expected, atol=1e-5)
 
 
-def test_train_transform_only_translates_and_flips(tmp_path):
+def test_train_transform_only_translates_and_flips(tmp_path, fake_fashion_mnist):
     """Without RandAugment the augmented image is a shifted/flipped copy of the padded one."""
-    write_fake_fashion_mnist(tmp_path)
+    fake_fashion_mnist(tmp_path)
     plain = FashionMNIST(tmp_path, "train", fashion_mnist_transform(32, train=False))[0][0][0]
     aug = AugConfig(crop_padding=2, hflip=0.5)
     torch.manual_seed(0)

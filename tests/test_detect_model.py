@@ -38,6 +38,21 @@ def test_s2_s4_of_a_five_level_timm_model_is_stride_8_to_32():
     assert level_indices(4, "s2-s4") == (1, 2, 3)  # AsCAN / ConvNeXt / Swin: 4 levels
 
 
+def test_swin_nhwc_features_reach_the_fpn_as_nchw():
+    """timm's Swin returns (B, H, W, C) maps: the FPN must see timm's maps permuted, not reinterpreted."""
+    kwargs = {"img_size": 64, "embed_dim": 8, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 2, 2), "window_size": 2}
+    torch.manual_seed(0)
+    net = TimmFPNBackbone("swin_tiny_patch4_window7_224", 8, "s1-s4", **kwargs).eval()
+    x = torch.randn(1, 3, 64, 64)
+    maps = [m.permute(0, 3, 1, 2) for m in net.body(x)]
+    assert [m.shape[1] for m in maps] == [8, 16, 32, 64]
+    expected = net.fpn(dict(zip(net.featmap_names, maps, strict=True)))
+    out = net(x)
+    for name, fmap in expected.items():
+        assert torch.equal(out[name], fmap), name
+    assert net.strides == [4, 8, 16, 32, 64]
+
+
 def test_bad_out_indices_and_levels_are_value_errors():
     with pytest.raises(ValueError, match="out_indices"):
         TimmFPNBackbone("ascan_nano", 16, out_indices=(1, 2, 7), **TINY)

@@ -6,7 +6,7 @@ import csv
 import math
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -14,14 +14,18 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ascan.config import FRACTION, load_config, setting
+from ascan.config import FRACTION, config_to_dict, load_config, setting, with_defaults
 from ascan.engine import (
     EpochBatchSampler,
+    EpochOptimSettings,
+    EpochRunSettings,
     FitConfig,
     RunInfo,
     StepOutput,
+    build_optimizer,
     cosine_with_warmup,
     fit,
+    fit_config,
     load_checkpoint,
     move_to,
     open_run_folder,
@@ -253,6 +257,64 @@ def test_user_config_ranges_are_one_line_user_errors():
         load_config(Cfg, None, ["rate=1.5"])
     with pytest.raises(UserError, match="expects float"):
         load_config(Cfg, None, ["rate=abc"])
+
+
+def test_with_defaults_changes_inherited_defaults_only():
+    """Other defaults for inherited fields: their ranges and places stay, other classes keep theirs."""
+    @dataclass
+    @with_defaults(lr=4e-3, epochs=10)
+    class Optim(EpochOptimSettings):
+        extra: float = setting(0.5, FRACTION)
+
+    assert Optim().lr == 4e-3 and Optim().epochs == 10 and EpochOptimSettings().lr == 1e-3
+    assert list(config_to_dict(Optim())) == [*config_to_dict(EpochOptimSettings()), "extra"]
+    assert load_config(Optim, None, ["lr=0.1"]).lr == 0.1
+    with pytest.raises(UserError, match=r"lr must be in \[0, 10\], got 11"):
+        load_config(Optim, None, ["lr=11"])
+    again = dataclass(with_defaults(extra=0.25)(type("Again", (Optim,), {})))
+    assert again().extra == 0.25 and again().lr == 4e-3
+    with pytest.raises(TypeError, match="'nope' is not a field it inherits"):
+        with_defaults(nope=1)(type("Other", (EpochOptimSettings,), {}))
+
+
+def test_fit_config_reads_each_setting_from_its_section():
+    @dataclass
+    class Data:
+        batch_size: int = 6
+        num_workers: int = 2
+
+    @dataclass
+    @with_defaults(max_steps=9, seed=3)
+    class Cfg(EpochRunSettings):
+        data: Data = field(default_factory=Data)
+        optim: EpochOptimSettings = field(default_factory=lambda: EpochOptimSettings(epochs=4, clip_grad=None,
+                                                                                     ema_decay=0.5))
+
+    loop = fit_config(Cfg())
+    assert (loop.epochs, loop.batch_size, loop.num_workers, loop.max_steps, loop.seed) == (4, 6, 2, 9, 3)
+    assert (loop.clip_grad, loop.ema_decay, loop.ema_warmup, loop.checkpoint_every_minutes) == (None, 0.5, True, 30.0)
+    assert loop.channels_last is False and loop.save_rank_weights is False  # not in Cfg: FitConfig's defaults
+    given = fit_config(Cfg(), epochs=7, max_steps=None)
+    assert (given.epochs, given.max_steps, given.batch_size) == (7, None, 6)
+    with pytest.raises(TypeError, match="nope"):
+        fit_config(Cfg(), nope=1)
+
+
+def test_build_optimizer_follows_the_settings():
+    """AdamW without weight decay on biases; linear warm-up from warmup_lr, cosine to min_lr (or a constant lr)."""
+    settings = EpochOptimSettings(lr=0.1, weight_decay=0.01, warmup_lr=0.0, min_lr=0.02)
+    optimizer, scheduler = build_optimizer(nn.Linear(3, 2), settings, total_steps=10, warmup_steps=2)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert sorted(group["weight_decay"] for group in optimizer.param_groups) == [0.0, 0.01]
+    lrs = []
+    for step in range(11):
+        scheduler.step_update(step)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(0.05) and lrs[2] == pytest.approx(0.1)
+    assert lrs[10] == pytest.approx(0.02) and all(a >= b for a, b in zip(lrs[2:], lrs[3:], strict=False))
+    optimizer, scheduler = build_optimizer(nn.Linear(3, 2), settings, 10, 0, opt="sgd", min_lr=0.1)
+    scheduler.step_update(7)
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
 
 
 def test_sampler_batches_cover_each_epoch_once():

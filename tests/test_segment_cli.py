@@ -168,6 +168,9 @@ def test_default_source_makes_scenes_on_first_use(tmp_path):
 
 def test_shipped_config_equals_the_defaults():
     from ascan.config import config_to_dict
-    from ascan.segment.cli import default_config_path
+    from ascan.runargs import bundled_config
+    from ascan.segment.cli import DEFAULT_CONFIG
 
-    assert config_to_dict(load_config(default_config_path())) == config_to_dict(load_config(None))
+    shipped = bundled_config(DEFAULT_CONFIG)
+    assert shipped is not None
+    assert config_to_dict(load_config(shipped)) == config_to_dict(load_config(None))

@@ -25,6 +25,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,6 +70,35 @@ def setting(default: Any = dataclasses.MISSING, valid: Range | None = None, *, c
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def with_defaults(**defaults: Any) -> Callable[[type[C]], type[C]]:
+    """Class decorator, under ``@dataclass``: other defaults for fields the class inherits, ranges and choices kept.
+
+    For settings shared by several configs with per-config defaults; the fields keep their order::
+
+        @dataclass
+        @with_defaults(lr=4e-3, ema_decay=0.9999)
+        class OptimConfig(OptimSettings):
+            sched: str = setting("cosine", choices=("cosine", "const"))
+    """
+    def apply(cls: type[C]) -> type[C]:
+        inherited = {f.name: f for f in dataclasses.fields(cls)}  # cls is not a dataclass yet: its bases' fields
+        hints: dict[str, Any] = {}
+        for base in reversed(cls.__mro__[1:]):
+            if dataclasses.is_dataclass(base):
+                hints.update(typing.get_type_hints(base))
+        own = cls.__dict__.get("__annotations__")
+        if own is None:
+            own = {}
+            cls.__annotations__ = own
+        for name, value in defaults.items():
+            if name not in inherited or name in own:
+                raise TypeError(f"{cls.__name__}: {name!r} is not a field it inherits")
+            own[name] = hints[name]
+            setattr(cls, name, dataclasses.field(default=value, metadata=inherited[name].metadata))
+        return cls
+    return apply
 
 
 def check_ranges(cfg: Any, prefix: str = "", error: type[Exception] = UserError) -> None:
@@ -236,4 +266,4 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 __all__ = ["AT_LEAST_ONE", "FRACTION", "NON_NEGATIVE", "POSITIVE", "Range", "apply_overrides", "check_ranges",
            "config_from_dict", "config_to_dict", "deep_merge", "load_config", "parse_override", "read_yaml",
-           "save_config", "setting"]
+           "save_config", "setting", "with_defaults"]

@@ -20,6 +20,8 @@ from ascan.engine import load_checkpoint
 from ascan.errors import EXIT_INTERRUPTED, UserError
 
 CONFIG_FOLDER = "configs"
+# The shortcuts of the commands that count a run in epochs (train, segment, detect): flag -> config key.
+EPOCH_SHORTCUTS = {"output": "output", "epochs": "optim.epochs"}
 
 
 def bundled_config(name: str) -> Path | None:
@@ -31,8 +33,33 @@ def bundled_config(name: str) -> Path | None:
     return None
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, default_config: str, set_example: str) -> None:
-    """The arguments every training command has (its own shortcuts are added by the caller)."""
+def doc_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A command's parser whose help shows ``doc`` (its module docstring): the first line, then all of it."""
+    return argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0], epilog=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def command_parser(prog: str, doc: str, *subcommands: Callable[[Any], None]) -> argparse.ArgumentParser:
+    """:func:`doc_parser` with sub-commands (``args.command``), each added by one of ``subcommands(sub)``."""
+    parser = doc_parser(prog, doc)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in subcommands:
+        add(sub)
+    return parser
+
+
+def train_subcommand(what: str, default_config: str, set_example: str) -> Callable[[Any], None]:
+    """For :func:`command_parser`: a task's ``train`` sub-command, with the run arguments and the epoch shortcuts."""
+    def add(sub) -> None:
+        parser = sub.add_parser("train", help=f"train a {what} (YAML config + --set overrides)")
+        add_run_arguments(parser, default_config, set_example, epoch_shortcuts=True)
+    return add
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, default_config: str, set_example: str, *,
+                      epoch_shortcuts: bool = False) -> None:
+    """The arguments every training command has, and with ``epoch_shortcuts`` ``--output`` and ``--epochs``
+    (:data:`EPOCH_SHORTCUTS`); other shortcuts are added by the caller."""
     parser.add_argument("--config", help=f"YAML config (default: configs/{default_config}, else built-in defaults)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                         help=f"override config keys, e.g. {set_example}")
@@ -41,14 +68,19 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_config: str, set_
                         help="start a new run even if the output folder holds one (its files are replaced)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or summary table")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    if epoch_shortcuts:
+        parser.add_argument("--output", help="run folder (same as --set output=...)")
+        parser.add_argument("--epochs", type=int, help="same as --set optim.epochs=N")
 
 
 def resolve_run_config(args: argparse.Namespace, load_config: Callable[..., Any], default_config: str,
-                       shortcuts: list[str]) -> Any:
-    """The config a run starts (or resumes) with; ``shortcuts`` are ``key=value`` strings set by flags."""
+                       shortcuts: dict[str, str]) -> Any:
+    """The config a run starts (or resumes) with; ``shortcuts`` maps flags (``args`` names) to the config keys
+    they set, each one given becoming a ``key=value`` override before ``--set``'s."""
     if args.resume and args.overwrite:
         raise UserError("--resume continues a run and --overwrite replaces it: give one of them")
-    overrides = list(shortcuts) + (["progress=false"] if args.no_progress else []) + list(args.overrides)
+    overrides = [f"{key}={getattr(args, name)}" for name, key in shortcuts.items() if getattr(args, name) is not None]
+    overrides += (["progress=false"] if args.no_progress else []) + list(args.overrides)
     if args.resume:
         if any(item.startswith("output=") for item in overrides):
             raise UserError("--resume continues a run in its own folder: leave out the output folder")

@@ -65,21 +65,21 @@ def detection_transforms(train: bool, hflip: float = DEFAULT_HFLIP, scale_range:
 def segmentation_transforms(train: bool, crop_size: int | None = None, hflip: float = DEFAULT_HFLIP,
                             scale_range: tuple[float, float] | None = None,
                             target_size: tuple[int, int] | None = None,
-                            ignore_index: int = DEFAULT_IGNORE_INDEX) -> v2.Compose:
+                            ignore_index: int = DEFAULT_IGNORE_INDEX) -> v2.Compose | None:
     """``(image, mask)`` pipeline: when training, flip, optional scale jitter and a random ``crop_size`` crop.
 
-    Images smaller than the crop are padded: the image with 0, the mask with ``ignore_index``.
+    Images smaller than the crop are padded: the image with 0, the mask with ``ignore_index``. ``None`` when
+    there is nothing to do (evaluation, or training with every step off): the data sets take ``None`` as no
+    transforms, and torchvision's ``Compose`` refuses an empty list.
     """
     _check(hflip, scale_range, target_size)
     if crop_size is not None and crop_size < 1:
         raise ValueError(f"crop_size must be positive, got {crop_size}")
-    if not train:
-        return v2.Compose([])
-    steps = _jitter_and_flip(hflip, scale_range, target_size)
-    if crop_size is not None:
+    steps = _jitter_and_flip(hflip, scale_range, target_size) if train else []
+    if train and crop_size is not None:
         fill = {tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}
         steps.append(v2.RandomCrop(crop_size, pad_if_needed=True, fill=fill))
-    return v2.Compose(steps)
+    return v2.Compose(steps) if steps else None
 
 
 def detection_collate(batch: list) -> tuple[list, list]:

@@ -87,6 +87,8 @@ class TimmFPNBackbone(nn.Module):
         self.featmap_names = [str(i) for i in range(len(in_channels))]
         self.strides = reductions + ([reductions[-1] * 2] if extra_pool else [])
         self.map_names = self.featmap_names + ([POOL_LEVEL] if extra_pool else [])
+        # timm's Swin-style models return (B, H, W, C) features; the FPN wants (B, C, H, W)
+        self.nhwc_features = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
 
     @property
     def size_divisible(self) -> int:
@@ -95,4 +97,6 @@ class TimmFPNBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         features = self.body(x)
+        if self.nhwc_features:
+            features = [f.permute(0, 3, 1, 2) for f in features]
         return self.fpn(OrderedDict(zip(self.featmap_names, features, strict=True)))

@@ -14,16 +14,9 @@ import argparse
 from pathlib import Path
 
 from ascan.errors import UserError
-from ascan.runargs import add_run_arguments, resolve_run_config, run_training
+from ascan.runargs import EPOCH_SHORTCUTS, command_parser, resolve_run_config, run_training, train_subcommand
 
 DEFAULT_CONFIG = "detect_scenes.yaml"
-
-
-def _train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a detector (YAML config + --set overrides)")
-    add_run_arguments(p, DEFAULT_CONFIG, "optim.lr=1e-3 model.arch=mask_rcnn")
-    p.add_argument("--output", help="run folder (same as --set output=...)")
-    p.add_argument("--epochs", type=int, help="same as --set optim.epochs=N")
 
 
 def _eval_parser(sub) -> None:
@@ -47,28 +40,11 @@ def _predict_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ascan detect", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub)
-    _eval_parser(sub)
-    _predict_parser(sub)
-    return parser
-
-
-def resolve_config(args: argparse.Namespace):
-    from ascan.detect.config import load_config
-
-    shortcuts = [f"output={args.output}"] if args.output else []
-    shortcuts += [f"optim.epochs={args.epochs}"] if args.epochs is not None else []
-    return resolve_run_config(args, load_config, DEFAULT_CONFIG, shortcuts)
-
-
 def run_train(args: argparse.Namespace) -> int:
+    from ascan.detect.config import load_config
     from ascan.detect.task import train
 
-    return run_training(args, resolve_config(args), train)
+    return run_training(args, resolve_run_config(args, load_config, DEFAULT_CONFIG, EPOCH_SHORTCUTS), train)
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, float]:
@@ -104,7 +80,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, float]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ascan.detect.predict import image_files, load_trained, predict_files
+    from ascan.data.images import image_files
+    from ascan.detect.predict import load_trained, predict_files
 
     if not 0.0 <= args.score_thresh <= 1.0:
         raise UserError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
@@ -116,6 +93,11 @@ def run_predict(args: argparse.Namespace) -> int:
     print(f"wrote {len(written)} overlays to {args.out} "
           f"({sum(n for _, n in written)} detections scoring >= {args.score_thresh})")
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    train_command = train_subcommand("detector", DEFAULT_CONFIG, "optim.lr=1e-3 model.arch=mask_rcnn")
+    return command_parser("ascan detect", __doc__, train_command, _eval_parser, _predict_parser)
 
 
 def main(argv: list[str]) -> int:

@@ -15,24 +15,13 @@ from typing import Any
 import timm
 
 from ascan import config as generic
-from ascan.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Range, setting
+from ascan.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Range, setting, with_defaults
 from ascan.detect.model import MODELS, DetectorCfg
-from ascan.engine.runtime import AMP_CHOICES
-from ascan.engine.settings import (
-    CHECKPOINT_MINUTES_RANGE,
-    CHECKPOINT_STEPS_RANGE,
-    CLIP_GRAD_RANGE,
-    DEFAULT_CHECKPOINT_MINUTES,
-    EMA_DECAY_RANGE,
-    EVAL_EVERY_RANGE,
-    WORKERS_RANGE,
-    FitConfig,
-)
+from ascan.engine.settings import DEFAULT_CHECKPOINT_MINUTES, WORKERS_RANGE, EpochOptimSettings, EpochRunSettings
 from ascan.errors import UserError
 
 SOURCES = ("scenes", "coco")
 IMAGE_SIZE_RANGE = Range(32, 4096)
-LR_RANGE = Range(0.0, 10.0)
 SCALE_RANGE = Range(0.1, 4.0)
 
 
@@ -80,36 +69,23 @@ class DetectModelConfig:
 
 
 @dataclass
-class DetectOptimConfig:
-    """AdamW + cosine with linear warm-up per optimizer step (patent ¶[0078]: AdamW, weight decay 0.05)."""
+@with_defaults(clip_grad=5.0)
+class DetectOptimConfig(EpochOptimSettings):
+    """AdamW + cosine with linear warm-up per optimizer step (patent ¶[0078]: AdamW, weight decay 0.05); no model
+    EMA by default (short CPU runs)."""
 
-    lr: float = setting(1e-3, LR_RANGE)
-    weight_decay: float = setting(0.05, NON_NEGATIVE)
-    epochs: int = setting(1, AT_LEAST_ONE)
     warmup_steps: int = setting(50, NON_NEGATIVE)
-    warmup_lr: float = setting(1e-5, LR_RANGE)
-    min_lr: float = setting(1e-5, LR_RANGE)
-    clip_grad: float | None = setting(5.0, CLIP_GRAD_RANGE)
-    ema_decay: float | None = setting(None, EMA_DECAY_RANGE)  # None: no EMA (short CPU runs)
-    ema_warmup: bool = True
 
 
 @dataclass
-class DetectConfig:
+@with_defaults(output="runs/detect_scenes", amp="off", eval_every=0,
+               checkpoint_every_minutes=DEFAULT_CHECKPOINT_MINUTES / 6)
+class DetectConfig(EpochRunSettings):
+    """``eval_every`` 0: evaluate at the end only (COCO AP is slow on a CPU)."""
+
     data: DetectDataConfig = field(default_factory=DetectDataConfig)
     model: DetectModelConfig = field(default_factory=DetectModelConfig)
     optim: DetectOptimConfig = field(default_factory=DetectOptimConfig)
-    output: str = "runs/detect_scenes"
-    seed: int = setting(0, Range(0, 2**31 - 1))
-    device: str = "auto"
-    amp: str = setting("off", choices=AMP_CHOICES)
-    deterministic: bool = False
-    threads: int | None = setting(None, AT_LEAST_ONE)
-    eval_every: int = setting(0, EVAL_EVERY_RANGE)  # epochs between evaluations; 0: at the end only
-    max_steps: int | None = setting(None, AT_LEAST_ONE)
-    checkpoint_every_steps: int | None = setting(None, CHECKPOINT_STEPS_RANGE)
-    checkpoint_every_minutes: float | None = setting(DEFAULT_CHECKPOINT_MINUTES / 6, CHECKPOINT_MINUTES_RANGE)
-    progress: bool = True
 
 
 def detector_cfg(cfg: DetectConfig) -> DetectorCfg:
@@ -137,15 +113,6 @@ def validate(cfg: DetectConfig) -> None:
             if not getattr(data, key):
                 raise UserError(f"data.{key} must be set when data.source is 'coco'")
     detector_cfg(cfg)
-
-
-def fit_config(cfg: DetectConfig) -> FitConfig:
-    """The engine's loop settings, read from their places in the detection config."""
-    return FitConfig(epochs=cfg.optim.epochs, batch_size=cfg.data.batch_size, max_steps=cfg.max_steps,
-                     num_workers=cfg.data.num_workers, seed=cfg.seed, amp=cfg.amp, clip_grad=cfg.optim.clip_grad,
-                     ema_decay=cfg.optim.ema_decay, ema_warmup=cfg.optim.ema_warmup, channels_last=False,
-                     eval_every=cfg.eval_every, checkpoint_every_steps=cfg.checkpoint_every_steps,
-                     checkpoint_every_minutes=cfg.checkpoint_every_minutes, progress=cfg.progress)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -23,7 +23,6 @@ from ascan.detect.task import build_model
 from ascan.engine import checkpoint_path, load_checkpoint, load_model_state
 from ascan.errors import UserError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MIN_OVERLAY_SIDE = 512  # small scenes are enlarged (nearest) so captions stay readable
 MASK_ALPHA = 0.45
 BOX_WIDTH = 2
@@ -53,22 +52,6 @@ def load_trained(run: str | Path, prefer_ema: bool = True) -> TrainedDetector:
     use_ema = prefer_ema and state.get("ema") is not None
     load_model_state(model, state["ema"] if use_ema else state["model"], f"checkpoint {path}")
     return TrainedDetector(model.eval(), cfg, tuple(names), f"{path} ({'EMA' if use_ema else 'raw'} weights)")
-
-
-def image_files(inputs: list[str]) -> list[Path]:
-    """Image files named directly or found (sorted) in the folders named."""
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UserError(f"{path}: no such image file or folder")
-    if not files:
-        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(inputs)}")
-    return files
 
 
 def draw_overlay(image: torch.Tensor, pred: dict[str, torch.Tensor], class_names: tuple[str, ...],

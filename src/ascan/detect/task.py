@@ -14,31 +14,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.optim import create_optimizer_v2
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ascan import config as generic
 from ascan.data.dense_transforms import detection_collate
-from ascan.detect.config import DetectConfig, detector_cfg, fit_config
+from ascan.detect.config import DetectConfig, detector_cfg
 from ascan.detect.data import build_dataset, plain_target
 from ascan.detect.metrics import evaluate_detector
 from ascan.detect.model import build_detector
 from ascan.engine import (
-    CONFIG_NAME,
     Environment,
     FitResult,
-    RunFolder,
+    Run,
     RunInfo,
     StepOutput,
     barrier,
     batches_per_epoch,
-    cosine_with_warmup,
-    fit,
-    load_checkpoint,
-    open_run_folder,
+    build_optimizer,
+    fit_run,
+    open_run,
     seed_all,
-    session,
 )
 from ascan.errors import UserError
 
@@ -116,31 +112,23 @@ def _datasets(cfg: DetectConfig, env: Environment) -> tuple[Dataset, Dataset, tu
     return train_set, eval_set, names
 
 
-def _train(cfg: DetectConfig, env: Environment, folder: RunFolder, checkpoint: dict[str, Any] | None, source: str,
-           step_callback: Callable[[int], None] | None) -> FitResult:
+def _train(cfg: DetectConfig, run: Run, step_callback: Callable[[int], None] | None) -> FitResult:
     seed_all(cfg.seed)  # the same initial weights on every rank
-    train_set, eval_set, names = _datasets(cfg, env)
-    if checkpoint is not None:
-        check_resumable(checkpoint, names, source)
-    model = build_model(cfg, len(names)).to(env.device)
-    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    steps = batches_per_epoch(len(train_set), cfg.data.batch_size, env.dist.world_size)
+    train_set, eval_set, names = _datasets(cfg, run.env)
+    if run.checkpoint is not None:
+        check_resumable(run.checkpoint, names, run.source)
+    model = build_model(cfg, len(names)).to(run.env.device)
+    per_epoch = batches_per_epoch(len(train_set), cfg.data.batch_size, run.env.dist.world_size)
     # The cosine runs over the configured epochs (max_steps only ends a run early: resumes stay exact);
     # to fit a time budget, shorten the epoch with data.train_subset.
-    scheduler = cosine_with_warmup(optimizer, cfg.optim.epochs * steps, cfg.optim.warmup_steps, cfg.optim.warmup_lr,
-                                   cfg.optim.min_lr)
-    task = DetectionTask(eval_set, cfg.data.eval_batch_size, cfg.progress and env.dist.is_main)
-    if env.dist.is_main:
-        generic.save_config(cfg, folder / CONFIG_NAME)
-    return fit(task, model, optimizer, scheduler, train_set, fit_config(cfg), env, folder,
-               info=run_info(cfg, names), resume=checkpoint, resume_source=f"checkpoint {source}",
-               step_callback=step_callback)
+    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.optim.epochs * per_epoch, cfg.optim.warmup_steps)
+    task = DetectionTask(eval_set, cfg.data.eval_batch_size, cfg.progress and run.env.dist.is_main)
+    return fit_run(run, cfg, task, model, optimizer, scheduler, train_set, run_info(cfg, names),
+                   step_callback=step_callback)
 
 
 def train(cfg: DetectConfig, resume: str | Path | None = None, step_callback: Callable[[int], None] | None = None,
           overwrite: bool = False) -> FitResult:
     """Train ``cfg`` into ``cfg.output`` (continuing ``resume``, a run folder or checkpoint, if given)."""
-    checkpoint = load_checkpoint(resume) if resume is not None else None
-    with (session(cfg.device, cfg.threads, cfg.deterministic) as env,
-          open_run_folder(cfg.output, env.dist, resume=checkpoint is not None, overwrite=overwrite) as folder):
-        return _train(cfg, env, folder, checkpoint, str(resume), step_callback)
+    with open_run(cfg, resume, overwrite) as run:
+        return _train(cfg, run, step_callback)

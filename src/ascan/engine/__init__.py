@@ -14,15 +14,23 @@ from ascan.engine.loop import (
     build_loop,
     evaluate_models,
     fit,
+    fit_run,
     train_one_epoch,
     train_step,
 )
-from ascan.engine.rundir import CONFIG_NAME, RunFolder, holds_run, open_run_folder
+from ascan.engine.rundir import CONFIG_NAME, Run, RunFolder, holds_run, open_run, open_run_folder
 from ascan.engine.runlog import CURVES_PNG, METRICS_CSV, SUMMARY_JSON, plot_curves, write_metrics_csv
 from ascan.engine.runtime import Environment, autocast_dtype, resolve_device, seed_all, session
 from ascan.engine.sampler import EpochBatchSampler, batches_per_epoch
-from ascan.engine.schedule import cosine_with_warmup
-from ascan.engine.settings import FitConfig
+from ascan.engine.schedule import build_optimizer, cosine_with_warmup
+from ascan.engine.settings import (
+    EpochOptimSettings,
+    EpochRunSettings,
+    FitConfig,
+    OptimSettings,
+    RunSettings,
+    fit_config,
+)
 from ascan.engine.state import (
     CHECKPOINT_NAME,
     TrainingState,
@@ -36,9 +44,10 @@ from ascan.engine.stop import StopFlag
 from ascan.engine.task import StepOutput, Task, move_to
 
 __all__ = ["CHECKPOINT_NAME", "CONFIG_NAME", "CURVES_PNG", "DistInfo", "Environment", "EpochBatchSampler",
-           "FitConfig", "FitResult", "Loop", "METRICS_CSV", "RunFolder", "RunInfo", "SUMMARY_JSON", "StepOutput",
-           "StopFlag", "Task", "TrainingState", "all_reduce_sum", "autocast_dtype", "barrier", "batches_per_epoch",
-           "build_loop", "checkpoint_path", "cosine_with_warmup", "evaluate_models", "fit", "gather_objects",
-           "holds_run", "load_checkpoint", "load_model_state", "load_weights_file", "move_to", "open_run_folder",
-           "plot_curves", "resolve_device", "save_checkpoint", "seed_all", "session", "train_one_epoch",
-           "train_step", "write_metrics_csv"]
+           "EpochOptimSettings", "EpochRunSettings", "FitConfig", "FitResult", "Loop", "METRICS_CSV", "OptimSettings",
+           "Run", "RunFolder", "RunInfo", "RunSettings", "SUMMARY_JSON", "StepOutput", "StopFlag", "Task",
+           "TrainingState", "all_reduce_sum", "autocast_dtype", "barrier", "batches_per_epoch", "build_loop",
+           "build_optimizer", "checkpoint_path", "cosine_with_warmup", "evaluate_models", "fit", "fit_config",
+           "fit_run", "gather_objects", "holds_run", "load_checkpoint", "load_model_state", "load_weights_file",
+           "move_to", "open_run", "open_run_folder", "plot_curves", "resolve_device", "save_checkpoint", "seed_all",
+           "session", "train_one_epoch", "train_step", "write_metrics_csv"]

@@ -29,8 +29,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ascan.atomic import save_safetensors
+from ascan.config import save_config
 from ascan.engine.distributed import agree_any, all_reduce_sum, barrier
-from ascan.engine.rundir import RunFolder
+from ascan.engine.rundir import CONFIG_NAME, Run, RunFolder
 from ascan.engine.runlog import (
     CURVES_PNG,
     METRICS_CSV,
@@ -43,7 +44,7 @@ from ascan.engine.runlog import (
 )
 from ascan.engine.runtime import Environment, autocast_dtype, seed_all
 from ascan.engine.sampler import EpochBatchSampler
-from ascan.engine.settings import FitConfig
+from ascan.engine.settings import FitConfig, fit_config
 from ascan.engine.state import TrainingState, restore_rng_streams, save_training_state
 from ascan.engine.stop import StopFlag
 from ascan.engine.task import StepOutput, Task, collate_fn_of
@@ -345,6 +346,21 @@ def fit(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, schedule
     if completed:
         _finish(loop, result)
     return result
+
+
+def fit_run(run: Run, cfg: Any, task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+            train_set: Dataset, info: RunInfo, *, fit_cfg: FitConfig | None = None,
+            step_callback: Callable[[int], None] | None = None) -> FitResult:
+    """:func:`fit` into a run from :func:`~ascan.engine.rundir.open_run`, continuing its checkpoint if it has one.
+
+    Rank 0 first writes ``cfg``, the task's config, as the run's ``config.yaml``. The loop settings are
+    ``fit_cfg``, else read from ``cfg`` (:func:`~ascan.engine.settings.fit_config`).
+    """
+    if run.env.dist.is_main:
+        save_config(cfg, run.folder / CONFIG_NAME)
+    return fit(task, model, optimizer, scheduler, train_set, fit_config(cfg) if fit_cfg is None else fit_cfg,
+               run.env, run.folder, info=info, resume=run.checkpoint, resume_source=run.source,
+               step_callback=step_callback)
 
 
 def _finish(loop: Loop, result: FitResult) -> None:

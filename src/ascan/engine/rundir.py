@@ -14,10 +14,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ascan.engine.distributed import DistInfo
 from ascan.engine.runlog import CURVES_PNG, METRICS_CSV, SUMMARY_JSON
-from ascan.engine.state import CHECKPOINT_NAME
+from ascan.engine.runtime import Environment, session
+from ascan.engine.settings import RunSettings
+from ascan.engine.state import CHECKPOINT_NAME, load_checkpoint
 from ascan.errors import UserError
 
 LOCK_NAME = "run.lock"
@@ -85,3 +88,23 @@ def open_run_folder(path: str | Path, dist_info: DistInfo, *, resume: bool = Fal
         if not resume and overwrite:
             _clear(path)
         yield RunFolder(path)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A training run as it starts: the process's environment, its claimed folder, the checkpoint it resumes."""
+
+    env: Environment
+    folder: RunFolder
+    checkpoint: dict[str, Any] | None  # None: a new run
+    source: str  # where the checkpoint came from, for messages
+
+
+@contextmanager
+def open_run(cfg: RunSettings, resume: str | Path | None = None, overwrite: bool = False) -> Iterator[Run]:
+    """Load ``resume`` (a run folder or checkpoint) if given, enter :func:`~ascan.engine.runtime.session` with
+    ``cfg``'s device, threads and determinism, and claim ``cfg.output`` (:func:`open_run_folder`)."""
+    checkpoint = load_checkpoint(resume) if resume is not None else None
+    with (session(cfg.device, cfg.threads, cfg.deterministic) as env,
+          open_run_folder(cfg.output, env.dist, resume=checkpoint is not None, overwrite=overwrite) as folder):
+        yield Run(env, folder, checkpoint, f"checkpoint {resume}")

@@ -1,9 +1,13 @@
-"""Learning-rate schedules stepped per optimizer step (timm's schedulers with ``t_in_epochs=False``)."""
+"""The optimizer and its learning-rate schedule, stepped per optimizer step (timm's, ``t_in_epochs=False``)."""
 
 from __future__ import annotations
 
 import torch
+from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
+from torch import nn
+
+from ascan.engine.settings import OptimSettings
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
@@ -18,3 +22,13 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmu
     return CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=min_lr,
                              warmup_t=warmup_steps, warmup_lr_init=warmup_lr, warmup_prefix=True,
                              t_in_epochs=False)
+
+
+def build_optimizer(model: nn.Module, optim: OptimSettings, total_steps: int, warmup_steps: int, *,
+                    opt: str = "adamw", min_lr: float | None = None
+                    ) -> tuple[torch.optim.Optimizer, CosineLRScheduler]:
+    """timm's ``opt`` (AdamW: no weight decay on norms, biases and position tables) with ``optim``'s lr and
+    weight decay, and its :func:`cosine_with_warmup` schedule to ``min_lr`` (default: ``optim.min_lr``)."""
+    optimizer = create_optimizer_v2(model, opt, lr=optim.lr, weight_decay=optim.weight_decay)
+    final_lr = optim.min_lr if min_lr is None else min_lr
+    return optimizer, cosine_with_warmup(optimizer, total_steps, warmup_steps, optim.warmup_lr, final_lr)

@@ -19,7 +19,7 @@ import argparse
 
 from ascan.generate.config import ARCHS, CONDITIONS, OBJECTIVES, GenConfig, load_config
 from ascan.generate.train import train
-from ascan.runargs import add_run_arguments, resolve_run_config, run_training
+from ascan.runargs import add_run_arguments, doc_parser, resolve_run_config, run_training
 
 DEFAULT_CONFIG = "generate_fashion_mnist.yaml"
 SHORTCUTS = {"out": "output", "steps": "optim.steps", "cond": "model.cond", "model": "model.arch",
@@ -27,8 +27,7 @@ SHORTCUTS = {"out": "output", "steps": "optim.steps", "cond": "model.cond", "mod
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ascan gen-train", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = doc_parser("ascan gen-train", __doc__)
     add_run_arguments(p, DEFAULT_CONFIG, "optim.lr=3e-4 model.unet.down=CC-CCTT-CTTT")
     p.add_argument("--out", help="run folder (= --set output=...)")
     p.add_argument("--steps", type=int, help="optimizer steps in total (= --set optim.steps=N)")
@@ -41,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace) -> GenConfig:
     """Defaults <- (the resumed run's config) <- YAML <- shortcuts <- ``--set``."""
-    shortcuts = [f"{key}={getattr(args, name)}" for name, key in SHORTCUTS.items() if getattr(args, name) is not None]
-    return resolve_run_config(args, load_config, DEFAULT_CONFIG, shortcuts)
+    return resolve_run_config(args, load_config, DEFAULT_CONFIG, SHORTCUTS)
 
 
 def main(argv: list[str]) -> int:

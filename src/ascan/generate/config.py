@@ -23,17 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from ascan import config as generic
-from ascan.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Range, check_ranges, setting
-from ascan.engine import FitConfig, batches_per_epoch
-from ascan.engine.runtime import AMP_CHOICES
-from ascan.engine.settings import (
-    CHECKPOINT_MINUTES_RANGE,
-    CHECKPOINT_STEPS_RANGE,
-    CLIP_GRAD_RANGE,
-    DEFAULT_CHECKPOINT_MINUTES,
-    EMA_DECAY_RANGE,
-    EVAL_EVERY_RANGE,
-)
+from ascan.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Range, check_ranges, setting, with_defaults
+from ascan.engine import FitConfig, OptimSettings, RunSettings, batches_per_epoch
+from ascan.engine import fit_config as engine_fit_config
 from ascan.errors import UserError
 from ascan.generate.dit import DiTConfig
 from ascan.generate.unet import UNetConfig
@@ -45,9 +37,7 @@ TEXT_ENCODERS = ("minilm", "hash")
 OBJECTIVES = ("flow", "ddpm")
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 SAMPLE_METHODS = ("euler", "heun")  # flow models; DDPM models always sample with DDIM
-LR_RANGE = Range(0.0, 10.0)
 GUIDANCE_RANGE = Range(0.0, 100.0)  # classifier-free guidance scale; 1 = off, 0 = unconditional
-SEED_RANGE = Range(0, 2**31 - 1)
 DEFAULT_CHANNELS, DEFAULT_IMAGE_SIZE = 1, 32  # Fashion-MNIST padded: checks the architecture before the data loads
 # Set by the task from the data set and the conditioning, never by a user in model.unet / model.dit:
 TASK_OWNED_ARCH_KEYS = ("in_chans", "img_size", "num_classes", "text_dim", "label_drop")
@@ -86,17 +76,13 @@ class GenObjectiveConfig:
 
 
 @dataclass
-class GenOptimConfig:
-    """AdamW, linear warm-up then cosine per step; the run ends after ``steps`` optimizer steps."""
+@with_defaults(weight_decay=0.0, min_lr=1e-4, ema_decay=0.999)
+class GenOptimConfig(OptimSettings):
+    """AdamW, linear warm-up then cosine per step; the run ends after ``steps`` optimizer steps. The EMA weights
+    are what gets sampled."""
 
     steps: int = setting(2000, AT_LEAST_ONE)
-    lr: float = setting(1e-3, LR_RANGE)
-    weight_decay: float = setting(0.0, NON_NEGATIVE)
     warmup_steps: int = setting(100, NON_NEGATIVE)
-    warmup_lr: float = setting(1e-5, LR_RANGE)
-    min_lr: float = setting(1e-4, LR_RANGE)
-    clip_grad: float | None = setting(1.0, CLIP_GRAD_RANGE)
-    ema_decay: float | None = setting(0.999, EMA_DECAY_RANGE)  # the EMA weights are what gets sampled
 
 
 @dataclass
@@ -110,22 +96,16 @@ class GenSampleConfig:
 
 
 @dataclass
-class GenConfig:
+@with_defaults(output="runs/gen", amp="off", checkpoint_every_steps=250)
+class GenConfig(RunSettings):
+    """``amp`` off (fp32) by default: the figures in RESULTS.md are fp32. ``eval_every``: epochs between
+    validation losses."""
+
     data: GenDataConfig = field(default_factory=GenDataConfig)
     model: GenModelConfig = field(default_factory=GenModelConfig)
     objective: GenObjectiveConfig = field(default_factory=GenObjectiveConfig)
     optim: GenOptimConfig = field(default_factory=GenOptimConfig)
     sample: GenSampleConfig = field(default_factory=GenSampleConfig)
-    output: str = "runs/gen"
-    seed: int = setting(0, SEED_RANGE)
-    device: str = "auto"
-    amp: str = setting("off", choices=AMP_CHOICES)  # fp32 by default: the figures in RESULTS.md are fp32
-    deterministic: bool = False
-    threads: int | None = setting(None, AT_LEAST_ONE)
-    eval_every: int = setting(1, EVAL_EVERY_RANGE)  # epochs between validation losses (the last always)
-    checkpoint_every_steps: int | None = setting(250, CHECKPOINT_STEPS_RANGE)
-    checkpoint_every_minutes: float | None = setting(DEFAULT_CHECKPOINT_MINUTES, CHECKPOINT_MINUTES_RANGE)
-    progress: bool = True
 
 
 # ---- The architecture sections --------------------------------------------------------------------
@@ -225,10 +205,7 @@ def save_config(cfg: GenConfig, path: str | Path) -> None:
 def fit_config(cfg: GenConfig, num_images: int, world_size: int = 1) -> FitConfig:
     """The engine's loop settings: a step budget (``max_steps``) over as many epochs as it needs."""
     epochs = math.ceil(cfg.optim.steps / batches_per_epoch(num_images, cfg.data.batch_size, world_size))
-    return FitConfig(epochs=epochs, batch_size=cfg.data.batch_size, max_steps=cfg.optim.steps, seed=cfg.seed,
-                     amp=cfg.amp, clip_grad=cfg.optim.clip_grad, ema_decay=cfg.optim.ema_decay,
-                     eval_every=cfg.eval_every, checkpoint_every_steps=cfg.checkpoint_every_steps,
-                     checkpoint_every_minutes=cfg.checkpoint_every_minutes, progress=cfg.progress)
+    return engine_fit_config(cfg, epochs=epochs, max_steps=cfg.optim.steps)
 
 
 __all__ = ["GenConfig", "GenDataConfig", "GenModelConfig", "GenObjectiveConfig", "GenOptimConfig",

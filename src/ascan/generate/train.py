@@ -16,27 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.optim import create_optimizer_v2
 from torch import nn
 
 from ascan.engine import (
-    CONFIG_NAME,
     DistInfo,
     Environment,
     FitResult,
     RunFolder,
     RunInfo,
     build_loop,
-    cosine_with_warmup,
-    fit,
-    load_checkpoint,
-    open_run_folder,
+    build_optimizer,
+    fit_run,
+    open_run,
     seed_all,
-    session,
 )
 from ascan.engine import train_step as engine_train_step
 from ascan.generate.conditioning import Conditioning
-from ascan.generate.config import GenConfig, arch_config, config_to_dict, fit_config, resolve_from_data, save_config
+from ascan.generate.config import GenConfig, arch_config, config_to_dict, fit_config, resolve_from_data
 from ascan.generate.data import GenerationData, ImageSet, load_image_set, prepare, prepare_training
 from ascan.generate.sample import (
     TEXT_TABLE,
@@ -86,9 +82,7 @@ def build_training(cfg: GenConfig, *, train_images: ImageSet | None = None, eval
     settings = resolve_from_data(cfg, channels, size, data.num_classes)
     text_dim = data.text_table.dim if data.text_table is not None else None
     model = build_model(arch_config(settings, text_dim))
-    optim = settings.optim
-    optimizer = create_optimizer_v2(model, "adamw", lr=optim.lr, weight_decay=optim.weight_decay)
-    scheduler = cosine_with_warmup(optimizer, optim.steps, optim.warmup_steps, optim.warmup_lr, optim.min_lr)
+    optimizer, scheduler = build_optimizer(model, settings.optim, settings.optim.steps, settings.optim.warmup_steps)
     objective = build_objective(settings.objective.name, latent=autoencoder is not None,
                                 time_sampling=settings.objective.time_sampling)
     task = GenerationTask(objective, data.null_id, settings.model.cond_drop, data.text_table, eval_data)
@@ -127,24 +121,20 @@ def train(cfg: GenConfig, resume: str | Path | None = None, overwrite: bool = Fa
     ``ascan generate``, the engine's ``last.pt``/``metrics.csv``/``curves.png``/``summary.json``, and a
     sample grid of the final EMA weights.
     """
-    checkpoint = load_checkpoint(resume) if resume is not None else None
-    with (session(cfg.device, cfg.threads, cfg.deterministic) as env,
-          open_run_folder(cfg.output, env.dist, resume=checkpoint is not None, overwrite=overwrite) as folder):
+    with open_run(cfg, resume, overwrite) as started:
         run = build_training(cfg, train_images=train_images, eval_images=eval_images, text_encoder=text_encoder,
                              autoencoder=autoencoder)
-        if env.dist.is_main:
-            if overwrite and checkpoint is None:
-                clear_own_files(folder.path)
-            save_config(run.settings, folder / CONFIG_NAME)
+        if started.env.dist.is_main:
+            if overwrite and started.checkpoint is None:
+                clear_own_files(started.folder.path)
             if run.data.text_table is not None:
-                run.data.text_table.save(folder / TEXT_TABLE)
-        result = fit(run.task, run.model, run.optimizer, run.scheduler, run.data.dataset(),
-                     fit_config(run.settings, len(run.data.x), env.dist.world_size), env, folder,
-                     info=run_info(run.settings), resume=checkpoint, resume_source=f"checkpoint {resume}",
-                     step_callback=step_callback)
-        if result.completed and env.dist.is_main:
+                run.data.text_table.save(started.folder / TEXT_TABLE)
+        result = fit_run(started, run.settings, run.task, run.model, run.optimizer, run.scheduler, run.data.dataset(),
+                         run_info(run.settings), step_callback=step_callback,
+                         fit_cfg=fit_config(run.settings, len(run.data.x), started.env.dist.world_size))
+        if result.completed and started.env.dist.is_main:
             final = result.ema_model if result.ema_model is not None else result.model
-            write_preview(run.generator(final.cpu()), folder.path, result.step)
+            write_preview(run.generator(final.cpu()), started.folder.path, result.step)
         return result
 
 

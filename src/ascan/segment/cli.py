@@ -16,31 +16,10 @@ import json
 import sys
 from pathlib import Path
 
+from ascan.runargs import EPOCH_SHORTCUTS, command_parser, resolve_run_config, run_training, train_subcommand
+
 DEFAULT_CONFIG = "segment_scenes.yaml"
-EXIT_INTERRUPTED = 130
 ALPHA_RANGE = (0.0, 1.0)
-
-
-def default_config_path() -> Path | None:
-    """``configs/segment_scenes.yaml`` of the source tree, if present (the defaults are built in anyway)."""
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "configs" / DEFAULT_CONFIG
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a segmenter (YAML config + --set overrides)")
-    p.add_argument("--config", help=f"YAML config (default: configs/{DEFAULT_CONFIG}, else built-in defaults)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override config keys, e.g. optim.lr=1e-3 model.protocol=patent")
-    p.add_argument("--resume", metavar="RUN", help="run folder or checkpoint to continue")
-    p.add_argument("--output", help="run folder (same as --set output=...)")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished or interrupted run in --output")
-    p.add_argument("--epochs", type=int, help="same as --set optim.epochs=N")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars or summary table")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
 def _eval_parser(sub) -> None:
@@ -67,47 +46,15 @@ def _predict_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ascan segment", description=__doc__.splitlines()[0], epilog=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="action", required=True)
-    _train_parser(sub)
-    _eval_parser(sub)
-    _predict_parser(sub)
-    return parser
-
-
-def resolve_config(args: argparse.Namespace):
-    """The run's config: a resumed run's own (with overrides), else defaults <- YAML <- overrides."""
-    from ascan.engine import load_checkpoint
-    from ascan.segment.config import load_config
-
-    overrides = list(args.overrides)
-    if args.output:
-        overrides.append(f"output={args.output}")
-    if args.epochs:
-        overrides.append(f"optim.epochs={args.epochs}")
-    if args.no_progress:
-        overrides.append("progress=false")
-    if args.resume:
-        state = load_checkpoint(args.resume)
-        resume_dir = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
-        return load_config(args.config, overrides, base=dict(state["config"], output=str(resume_dir)))
-    return load_config(args.config or default_config_path(), overrides)
+    train_command = train_subcommand("segmenter", DEFAULT_CONFIG, "optim.lr=1e-3 model.protocol=patent")
+    return command_parser("ascan segment", __doc__, train_command, _eval_parser, _predict_parser)
 
 
 def _train(args: argparse.Namespace) -> int:
-    cfg = resolve_config(args)
-    if args.print_config:
-        import yaml
-
-        from ascan.config import config_to_dict
-
-        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
-        return 0
+    from ascan.segment.config import load_config
     from ascan.segment.train import train
 
-    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    return 0 if result.completed else EXIT_INTERRUPTED
+    return run_training(args, resolve_run_config(args, load_config, DEFAULT_CONFIG, EPOCH_SHORTCUTS), train)
 
 
 def _device(name: str):
@@ -143,8 +90,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from ascan.data.images import image_files
     from ascan.errors import UserError
-    from ascan.segment.predict import image_files, load_trained, predict_files
+    from ascan.segment.predict import load_trained, predict_files
 
     if not ALPHA_RANGE[0] <= args.alpha <= ALPHA_RANGE[1]:
         raise UserError(f"--alpha must be in [{ALPHA_RANGE[0]}, {ALPHA_RANGE[1]}], got {args.alpha}")
@@ -157,4 +105,4 @@ def _predict(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    return {"train": _train, "eval": _eval, "predict": _predict}[args.action](args)
+    return {"train": _train, "eval": _eval, "predict": _predict}[args.command](args)

@@ -12,26 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from ascan import config as generic
-from ascan.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Range, setting
+from ascan.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Range, setting, with_defaults
 from ascan.data.scenes import SceneConfig
-from ascan.engine.runtime import AMP_CHOICES
-from ascan.engine.settings import (
-    CHECKPOINT_MINUTES_RANGE,
-    CHECKPOINT_STEPS_RANGE,
-    CLIP_GRAD_RANGE,
-    DEFAULT_CHECKPOINT_MINUTES,
-    EMA_DECAY_RANGE,
-    EVAL_EVERY_RANGE,
-    WORKERS_RANGE,
-    FitConfig,
-)
+from ascan.engine.settings import WORKERS_RANGE, EpochOptimSettings, EpochRunSettings
 from ascan.errors import UserError
 from ascan.segment.model import PROTOCOLS
 
 SOURCES = ("scenes", "ade", "coco")
 LABEL_RANGE = Range(0, 255)  # index PNGs hold one byte per pixel
 NUM_CLASSES_RANGE = Range(2, 255)
-LR_RANGE = Range(0.0, 10.0)
 SMOOTHING_RANGE = Range(0.0, 1.0, high_open=True)
 SCALE_RANGE = Range(0.1, 4.0)  # scale-jitter factors (ascan.data.dense_transforms)
 CROP_RANGE = Range(8, 8192)
@@ -83,19 +72,13 @@ class SegModelConfig:
 
 
 @dataclass
-class SegOptimConfig:
-    """AdamW (weight decay 0.05 as the patent's dense runs) + cosine with linear warm-up, per step."""
+@with_defaults(lr=2e-3, epochs=8, warmup_lr=1e-6, min_lr=1e-5, ema_decay=0.9999)
+class SegOptimConfig(EpochOptimSettings):
+    """AdamW (weight decay 0.05 as the patent's dense runs) + cosine with linear warm-up, per step; model EMA
+    (with timm's warm-up) on by default."""
 
     opt: str = "adamw"
-    lr: float = setting(2e-3, LR_RANGE)
-    weight_decay: float = setting(0.05, NON_NEGATIVE)
-    epochs: int = setting(8, AT_LEAST_ONE)
     warmup_epochs: float = setting(0.5, NON_NEGATIVE)
-    warmup_lr: float = setting(1e-6, LR_RANGE)
-    min_lr: float = setting(1e-5, LR_RANGE)
-    clip_grad: float | None = setting(1.0, CLIP_GRAD_RANGE)
-    ema_decay: float | None = setting(0.9999, EMA_DECAY_RANGE)  # with timm's warm-up; None disables
-    ema_warmup: bool = True
     label_smoothing: float = setting(0.0, SMOOTHING_RANGE)
 
 
@@ -110,23 +93,13 @@ class SegAugConfig:
 
 
 @dataclass
-class SegmentConfig:
+@with_defaults(output="runs/segment_scenes")
+class SegmentConfig(EpochRunSettings):
+    channels_last: bool = True
     data: SegDataConfig = field(default_factory=SegDataConfig)
     model: SegModelConfig = field(default_factory=SegModelConfig)
     optim: SegOptimConfig = field(default_factory=SegOptimConfig)
     aug: SegAugConfig = field(default_factory=SegAugConfig)
-    output: str = "runs/segment_scenes"
-    seed: int = setting(0, Range(0, 2**31 - 1))
-    device: str = "auto"
-    amp: str = setting("auto", choices=AMP_CHOICES)
-    deterministic: bool = False
-    channels_last: bool = True
-    threads: int | None = setting(None, AT_LEAST_ONE)
-    eval_every: int = setting(1, EVAL_EVERY_RANGE)
-    max_steps: int | None = setting(None, AT_LEAST_ONE)
-    checkpoint_every_steps: int | None = setting(None, CHECKPOINT_STEPS_RANGE)
-    checkpoint_every_minutes: float | None = setting(DEFAULT_CHECKPOINT_MINUTES, CHECKPOINT_MINUTES_RANGE)
-    progress: bool = True
 
 
 def scene_config(data: SegDataConfig) -> SceneConfig:
@@ -156,15 +129,6 @@ def check_config(cfg: SegmentConfig) -> None:
         scene_config(cfg.data)
 
 
-def fit_config(cfg: SegmentConfig) -> FitConfig:
-    """The engine's loop settings, read from their places in this config."""
-    return FitConfig(epochs=cfg.optim.epochs, batch_size=cfg.data.batch_size, max_steps=cfg.max_steps,
-                     num_workers=cfg.data.num_workers, seed=cfg.seed, amp=cfg.amp, clip_grad=cfg.optim.clip_grad,
-                     ema_decay=cfg.optim.ema_decay, ema_warmup=cfg.optim.ema_warmup, channels_last=cfg.channels_last,
-                     eval_every=cfg.eval_every, checkpoint_every_steps=cfg.checkpoint_every_steps,
-                     checkpoint_every_minutes=cfg.checkpoint_every_minutes, progress=cfg.progress)
-
-
 def config_from_dict(values: dict[str, Any]) -> SegmentConfig:
     cfg = generic.config_from_dict(SegmentConfig, values)
     generic.check_ranges(cfg)
@@ -181,4 +145,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 __all__ = ["SOURCES", "SegAugConfig", "SegDataConfig", "SegModelConfig", "SegOptimConfig", "SegmentConfig",
-           "check_config", "config_from_dict", "fit_config", "load_config", "scene_config"]
+           "check_config", "config_from_dict", "load_config", "scene_config"]

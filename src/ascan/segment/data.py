@@ -40,8 +40,6 @@ def _transforms(cfg: SegmentConfig, train: bool):
     """Flip, and scale jitter around ``crop_size`` then a random crop (config checks jitter implies a crop)."""
     aug = cfg.aug
     jitter = (aug.scale_min, aug.scale_max) != (1.0, 1.0)
-    if not train or not (aug.hflip > 0 or jitter or aug.crop_size is not None):
-        return None  # (torchvision's Compose refuses an empty list)
     target = (aug.crop_size, aug.crop_size) if aug.crop_size is not None else None
     return segmentation_transforms(train, crop_size=aug.crop_size, hflip=aug.hflip,
                                    scale_range=(aug.scale_min, aug.scale_max) if jitter else None,

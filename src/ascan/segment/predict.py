@@ -32,7 +32,6 @@ from ascan.segment.train import CLASS_NAMES_KEY, CONFIG_METADATA_KEY, NUM_CLASSE
 
 BACKGROUND = "background"
 DEFAULT_ALPHA = 0.5
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GOLDEN_RATIO_CONJUGATE = 0.618033988749895  # hue step: neighbouring class ids get distant hues
 PALETTE_SATURATION, PALETTE_VALUE = 0.85, 0.95
 UINT8_MAX = 255
@@ -111,21 +110,6 @@ def overlay(image: torch.Tensor, labels: torch.Tensor, class_names: tuple[str, .
     return draw_segmentation_masks(image_u8, masks, alpha=alpha, colors=[colours[c] for c in shown])
 
 
-def image_files(inputs: list[str]) -> list[Path]:
-    """The image files named, and those inside the folders named (sorted); a UserError if none."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise UserError(f"{item}: no such image file or folder")
-    if not files:
-        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(inputs)}")
-    return files
-
-
 def save_png(array_chw: torch.Tensor, path: Path) -> None:
     picture = Image.fromarray(array_chw.permute(1, 2, 0).numpy() if array_chw.dim() == 3 else array_chw.numpy())
     atomic_write(path, picture.save)
@@ -147,5 +131,5 @@ def predict_files(trained: TrainedSegmenter, files: list[Path], out_dir: Path, d
     return written
 
 
-__all__ = ["TrainedSegmenter", "class_colours", "image_files", "load_trained", "overlay", "predict_files",
+__all__ = ["TrainedSegmenter", "class_colours", "load_trained", "overlay", "predict_files",
            "predict_labels"]

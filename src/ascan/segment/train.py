@@ -15,24 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import timm
-from timm.optim import create_optimizer_v2
 
-from ascan.config import config_to_dict, save_config
-from ascan.engine import (
-    CONFIG_NAME,
-    FitResult,
-    RunInfo,
-    batches_per_epoch,
-    cosine_with_warmup,
-    fit,
-    load_checkpoint,
-    open_run_folder,
-    seed_all,
-    session,
-)
+from ascan.config import config_to_dict
+from ascan.engine import FitResult, Run, RunInfo, batches_per_epoch, build_optimizer, fit_run, open_run, seed_all
 from ascan.errors import UserError
 from ascan.layout import LayoutError
-from ascan.segment.config import SegmentConfig, fit_config
+from ascan.segment.config import SegmentConfig
 from ascan.segment.data import SegDataInfo, build_datasets
 from ascan.segment.model import Segmenter, build_segmenter
 from ascan.segment.task import SegmentationTask
@@ -76,35 +64,27 @@ def _check_resumable(checkpoint: dict[str, Any], info: SegDataInfo, source: str)
                         f"{info.num_classes}; start a new run")
 
 
-def _train(cfg: SegmentConfig, env, folder, checkpoint: dict[str, Any] | None, source: str,
-           step_callback: Callable[[int], None] | None) -> FitResult:
+def _train(cfg: SegmentConfig, run: Run, step_callback: Callable[[int], None] | None) -> FitResult:
     seed_all(cfg.seed)  # the same initial weights on every rank
-    train_set, eval_set, info = build_datasets(cfg, progress=cfg.progress and env.dist.is_main)
+    train_set, eval_set, info = build_datasets(cfg, progress=cfg.progress and run.env.dist.is_main)
     model = create_segmenter(cfg, info.num_classes)
-    if checkpoint is not None:
-        _check_resumable(checkpoint, info, source)
-    optimizer = create_optimizer_v2(model, cfg.optim.opt, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    per_epoch = batches_per_epoch(len(train_set), cfg.data.batch_size, env.dist.world_size)
-    scheduler = cosine_with_warmup(optimizer, cfg.optim.epochs * per_epoch,
-                                   int(round(cfg.optim.warmup_epochs * per_epoch)), cfg.optim.warmup_lr,
-                                   cfg.optim.min_lr)
+    if run.checkpoint is not None:
+        _check_resumable(run.checkpoint, info, run.source)
+    per_epoch = batches_per_epoch(len(train_set), cfg.data.batch_size, run.env.dist.world_size)
+    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.optim.epochs * per_epoch,
+                                           round(cfg.optim.warmup_epochs * per_epoch), opt=cfg.optim.opt)
     task = SegmentationTask(eval_set, info.num_classes, model.size_multiple, info.ignore_index,
                             cfg.optim.label_smoothing, cfg.data.eval_batch_size, cfg.channels_last,
-                            info.class_names, env.dist)
-    if env.dist.is_main:
-        save_config(cfg, folder / CONFIG_NAME)
-    return fit(task, model, optimizer, scheduler, train_set, fit_config(cfg), env, folder,
-               info=run_info(cfg, info), resume=checkpoint, resume_source=f"checkpoint {source}",
-               step_callback=step_callback)
+                            info.class_names, run.env.dist)
+    return fit_run(run, cfg, task, model, optimizer, scheduler, train_set, run_info(cfg, info),
+                   step_callback=step_callback)
 
 
 def train(cfg: SegmentConfig, resume: str | Path | None = None, overwrite: bool = False,
           step_callback: Callable[[int], None] | None = None) -> FitResult:
     """Train ``cfg`` into ``cfg.output`` (continuing ``resume``, a run folder or its ``last.pt``, if given)."""
-    checkpoint = load_checkpoint(resume) if resume is not None else None
-    with (session(cfg.device, cfg.threads, cfg.deterministic) as env,
-          open_run_folder(cfg.output, env.dist, resume=checkpoint is not None, overwrite=overwrite) as folder):
-        return _train(cfg, env, folder, checkpoint, str(resume), step_callback)
+    with open_run(cfg, resume, overwrite) as run:
+        return _train(cfg, run, step_callback)
 
 
 __all__ = ["CLASS_NAMES_KEY", "CONFIG_METADATA_KEY", "NUM_CLASSES_KEY", "create_segmenter", "run_info", "train"]

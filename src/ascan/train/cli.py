@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 
-from ascan.runargs import add_run_arguments, resolve_run_config, run_training
+from ascan.runargs import EPOCH_SHORTCUTS, add_run_arguments, doc_parser, resolve_run_config, run_training
 from ascan.train.config import TrainConfig, load_config
 from ascan.train.loop import train
 
@@ -22,19 +22,14 @@ DEFAULT_CONFIG = "fashion_mnist.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ascan train", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    add_run_arguments(parser, DEFAULT_CONFIG, "optim.lr=1e-3 data.batch_size=256")
-    parser.add_argument("--output", help="run folder (same as --set output=...)")
-    parser.add_argument("--epochs", type=int, help="same as --set optim.epochs=N")
+    parser = doc_parser("ascan train", __doc__)
+    add_run_arguments(parser, DEFAULT_CONFIG, "optim.lr=1e-3 data.batch_size=256", epoch_shortcuts=True)
     parser.add_argument("--nproc-per-node", type=int, default=1, help="processes to launch with torchrun (DDP)")
     return parser
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    shortcuts = [f"output={args.output}"] if args.output else []
-    shortcuts += [f"optim.epochs={args.epochs}"] if args.epochs is not None else []
-    return resolve_run_config(args, load_config, DEFAULT_CONFIG, shortcuts)
+    return resolve_run_config(args, load_config, DEFAULT_CONFIG, EPOCH_SHORTCUTS)
 
 
 def _launch_torchrun(argv: list[str], nproc: int) -> int:

@@ -14,22 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from ascan import config as generic
-from ascan.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Range, read_yaml, setting
-from ascan.engine.runtime import AMP_CHOICES
-from ascan.engine.settings import (
-    CHECKPOINT_MINUTES_RANGE,
-    CHECKPOINT_STEPS_RANGE,
-    CLIP_GRAD_RANGE,
-    DEFAULT_CHECKPOINT_MINUTES,
-    EMA_DECAY_RANGE,
-    EVAL_EVERY_RANGE,
-    WORKERS_RANGE,
-    FitConfig,
-)
+from ascan.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Range, read_yaml, setting, with_defaults
+from ascan.engine.settings import WORKERS_RANGE, EpochOptimSettings, EpochRunSettings
 
 DATASETS = ("fashion_mnist", "imagefolder")
 SCHEDULES = ("cosine", "const")
-LR_RANGE = Range(0.0, 10.0)
 SMOOTHING_RANGE = Range(0.0, 1.0, high_open=True)
 IMAGE_SIZE_RANGE = Range(8, 4096)
 MIX_ALPHA_RANGE = Range(0.0, 100.0)
@@ -69,20 +58,13 @@ class ModelConfig:
 
 
 @dataclass
-class OptimConfig:
-    """AdamW + cosine with linear warm-up, per optimizer step (patent [0074])."""
+@with_defaults(lr=4e-3, epochs=10, warmup_lr=5e-7, min_lr=5e-6, ema_decay=0.9999)
+class OptimConfig(EpochOptimSettings):
+    """AdamW + cosine with linear warm-up, per optimizer step (patent [0074]); model EMA on by default."""
 
     opt: str = "adamw"
-    lr: float = setting(4e-3, LR_RANGE)
-    weight_decay: float = setting(0.05, NON_NEGATIVE)
-    epochs: int = setting(10, AT_LEAST_ONE)
     warmup_epochs: float = setting(0.5, NON_NEGATIVE)
-    warmup_lr: float = setting(5e-7, LR_RANGE)
-    min_lr: float = setting(5e-6, LR_RANGE)
     sched: str = setting("cosine", choices=SCHEDULES)  # 'const': constant lr after warm-up (fine-tuning)
-    clip_grad: float | None = setting(1.0, CLIP_GRAD_RANGE)
-    ema_decay: float | None = setting(0.9999, EMA_DECAY_RANGE)  # None disables model EMA
-    ema_warmup: bool = True  # decay ramps up from 0: makes EMA useful on short runs
 
 
 @dataclass
@@ -102,34 +84,14 @@ class AugConfig:
 
 
 @dataclass
-class TrainConfig:
+@with_defaults(output="runs/fashion_mnist")
+class TrainConfig(EpochRunSettings):
+    channels_last: bool = True  # faster convolutions on CPU (oneDNN) and tensor cores
+    save_rank_weights: bool = False  # DDP check: every rank writes its final weights
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     aug: AugConfig = field(default_factory=AugConfig)
-    output: str = "runs/fashion_mnist"
-    seed: int = setting(0, Range(0, 2**31 - 1))
-    device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:1'
-    amp: str = setting("auto", choices=AMP_CHOICES)  # 'auto': bf16 on GPUs and on CPUs with AMX/AVX512-BF16
-    deterministic: bool = False
-    channels_last: bool = True  # faster convolutions on CPU (oneDNN) and tensor cores
-    threads: int | None = setting(None, AT_LEAST_ONE)  # torch.set_num_threads; None: torch's default
-    eval_every: int = setting(1, EVAL_EVERY_RANGE)  # epochs between test-set evaluations (the last always)
-    max_steps: int | None = setting(None, AT_LEAST_ONE)  # end the run after this many optimizer steps
-    checkpoint_every_steps: int | None = setting(None, CHECKPOINT_STEPS_RANGE)  # mid-epoch checkpoints
-    checkpoint_every_minutes: float | None = setting(DEFAULT_CHECKPOINT_MINUTES, CHECKPOINT_MINUTES_RANGE)
-    progress: bool = True
-    save_rank_weights: bool = False  # DDP check: every rank writes its final weights
-
-
-def fit_config(cfg: TrainConfig) -> FitConfig:
-    """The engine's loop settings, read from their places in the classifier's config."""
-    return FitConfig(epochs=cfg.optim.epochs, batch_size=cfg.data.batch_size, max_steps=cfg.max_steps,
-                     num_workers=cfg.data.num_workers, seed=cfg.seed, amp=cfg.amp, clip_grad=cfg.optim.clip_grad,
-                     ema_decay=cfg.optim.ema_decay, ema_warmup=cfg.optim.ema_warmup, channels_last=cfg.channels_last,
-                     eval_every=cfg.eval_every, checkpoint_every_steps=cfg.checkpoint_every_steps,
-                     checkpoint_every_minutes=cfg.checkpoint_every_minutes, progress=cfg.progress,
-                     save_rank_weights=cfg.save_rank_weights)
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -154,4 +116,4 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
 
 
 __all__ = ["AugConfig", "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "config_from_dict",
-           "config_to_dict", "fit_config", "load_config", "read_yaml", "save_config"]
+           "config_to_dict", "load_config", "read_yaml", "save_config"]

@@ -14,36 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from timm.optim import create_optimizer_v2
-
 import ascan  # noqa: F401  (registers ascan models in timm)
 from ascan.data.datasets import DatasetInfo, build_dataset
-from ascan.engine import (
-    CONFIG_NAME,
-    Environment,
-    FitResult,
-    RunFolder,
-    RunInfo,
-    batches_per_epoch,
-    cosine_with_warmup,
-    fit,
-    load_checkpoint,
-    open_run_folder,
-    seed_all,
-    session,
-)
+from ascan.engine import FitResult, Run, RunInfo, batches_per_epoch, build_optimizer, fit_run, open_run, seed_all
 from ascan.errors import UserError
-from ascan.train.config import TrainConfig, config_to_dict, fit_config, save_config
+from ascan.train.config import TrainConfig, config_to_dict
 from ascan.train.task import ClassificationTask, build_loss
 from ascan.train.weights import create_model, init_from_weights
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """Cosine (or constant, for fine-tuning) after a linear warm-up, stepped per optimizer step."""
-    min_lr = cfg.optim.lr if cfg.optim.sched == "const" else cfg.optim.min_lr
-    return cosine_with_warmup(optimizer, cfg.optim.epochs * steps_per_epoch,
-                              int(round(cfg.optim.warmup_epochs * steps_per_epoch)), cfg.optim.warmup_lr, min_lr)
 
 
 def run_info(cfg: TrainConfig, info: DatasetInfo) -> RunInfo:
@@ -63,28 +40,27 @@ def check_resumable(checkpoint: dict[str, Any], info: DatasetInfo, source: str) 
                         f"{info.num_classes}; use 'ascan finetune' or a new run to change classes")
 
 
-def _train(cfg: TrainConfig, env: Environment, folder: RunFolder, checkpoint: dict[str, Any] | None,
-           source: str, step_callback: Callable[[int], None] | None) -> FitResult:
+def _train(cfg: TrainConfig, run: Run, step_callback: Callable[[int], None] | None) -> FitResult:
     seed_all(cfg.seed)  # the same initial weights on every rank
     train_set, info = build_dataset(cfg.data, cfg.aug, train=True)
     eval_set, _ = build_dataset(cfg.data, cfg.aug, train=False)
     model = create_model(cfg, info)
-    if checkpoint is not None:
-        check_resumable(checkpoint, info, source)
+    if run.checkpoint is not None:
+        check_resumable(run.checkpoint, info, run.source)
     elif cfg.model.init_from:
         init_from_weights(model, cfg.model.init_from, cfg.model.init_from_ema)
-    model.to(env.device)
-    optimizer = create_optimizer_v2(model, cfg.optim.opt, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    scheduler = build_scheduler(optimizer, cfg, batches_per_epoch(len(train_set), cfg.data.batch_size,
-                                                                  env.dist.world_size))
-    mixup, criterion = build_loss(cfg.aug, info.num_classes, cfg.data.batch_size // env.dist.world_size)
+    model.to(run.env.device)
+    world_size = run.env.dist.world_size
+    per_epoch = batches_per_epoch(len(train_set), cfg.data.batch_size, world_size)
+    # Cosine (or constant, for fine-tuning) after a linear warm-up, stepped per optimizer step.
+    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.optim.epochs * per_epoch,
+                                           round(cfg.optim.warmup_epochs * per_epoch), opt=cfg.optim.opt,
+                                           min_lr=cfg.optim.lr if cfg.optim.sched == "const" else None)
+    mixup, criterion = build_loss(cfg.aug, info.num_classes, cfg.data.batch_size // world_size)
     task = ClassificationTask(eval_set, info.num_classes, mixup, criterion, cfg.data.eval_batch_size,
-                              cfg.channels_last, env.dist)
-    if env.dist.is_main:
-        save_config(cfg, folder / CONFIG_NAME)
-    return fit(task, model, optimizer, scheduler, train_set, fit_config(cfg), env, folder,
-               info=run_info(cfg, info), resume=checkpoint, resume_source=f"checkpoint {source}",
-               step_callback=step_callback)
+                              cfg.channels_last, run.env.dist)
+    return fit_run(run, cfg, task, model, optimizer, scheduler, train_set, run_info(cfg, info),
+                   step_callback=step_callback)
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, step_callback: Callable[[int], None] | None = None,
@@ -94,7 +70,5 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, step_callback: Cal
     A new run refuses an output folder that already holds one unless ``overwrite``. Returns the metrics
     and the final (unwrapped) model and EMA model.
     """
-    checkpoint = load_checkpoint(resume) if resume is not None else None
-    with (session(cfg.device, cfg.threads, cfg.deterministic) as env,
-          open_run_folder(cfg.output, env.dist, resume=checkpoint is not None, overwrite=overwrite) as folder):
-        return _train(cfg, env, folder, checkpoint, str(resume), step_callback)
+    with open_run(cfg, resume, overwrite) as run:
+        return _train(cfg, run, step_callback)
