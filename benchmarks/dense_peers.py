@@ -4,8 +4,10 @@ Every backbone is trained from scratch by the real commands (``ascan segment tra
 train``) on the same schedule (the bundled configs, shortened by ``--seg-set`` / ``--det-set``), then the
 trained models are measured side by side in this process: params, MACs of one 128-px image
 (FlopCounterMode FLOPs / 2) and FPS of the whole segmenter / detector (batch 1, inference, the models
-interleaved round by round so machine drift hits them alike). Quality is the run's own final evaluation
-(``summary.json``); wall-clock is the run's training time.
+interleaved round by round so machine drift hits them alike), and the training throughput of one
+optimiser step at the run's batch size and autocast setting, interleaved the same way — the fair basis
+for "equal wall-clock" on a shared machine, where the runs' own times depend on what else ran. Quality is
+the run's own final evaluation (``summary.json``); "train min" is the run's wall-clock as it happened.
 
 The peers are timm's ResNet-18, ConvNeXt and Swin-T shapes narrowed to the slim ascan_nano's size
 (about 2 M parameters, no pretrained weights exist offline). ascan_nano's stages reduce 2/4/8/16, so the
@@ -19,6 +21,7 @@ so every detector's finest map is at stride 4. smp reads every backbone's maps f
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import subprocess
@@ -26,6 +29,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ascan.atomic import atomic_write_text
 from ascan.bench.timing import Case, run_interleaved, throughput_ratio
@@ -73,12 +77,12 @@ def train(task: str, peer: str, root: Path, schedule: list[str], reuse: bool) ->
     return json.loads(summary.read_text())
 
 
-def load_model(task: str, run: Path) -> torch.nn.Module:
+def load_trained(task: str, run: Path):
     if task == "segment":
-        from ascan.segment.predict import load_trained
+        from ascan.segment.predict import load_trained as load
     else:
-        from ascan.detect.predict import load_trained
-    return load_trained(run).model.eval()
+        from ascan.detect.predict import load_trained as load
+    return load(run)
 
 
 def forward_step(task: str, model: torch.nn.Module):
@@ -92,31 +96,71 @@ def forward_step(task: str, model: torch.nn.Module):
     return step
 
 
+def synthetic_batch(task: str, batch_size: int, num_classes: int):
+    """Random images with one square object each: the step's cost, not its loss, is what is timed."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    if task == "segment":
+        return images, torch.randint(0, num_classes, (batch_size, IMAGE_SIZE, IMAGE_SIZE), generator=generator)
+    lo, hi = IMAGE_SIZE // 4, 3 * IMAGE_SIZE // 4
+    masks = torch.zeros(1, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+    masks[:, lo:hi, lo:hi] = 1
+    target = {"boxes": torch.tensor([[lo, lo, hi, hi]], dtype=torch.float32), "labels": torch.tensor([1]),
+              "masks": masks}
+    return list(images), [target] * batch_size
+
+
+def train_step(task: str, trained, num_classes: int):
+    """One optimiser step of the run's own batch size and autocast setting (AdamW: every run's optimiser)."""
+    from ascan.engine.runtime import autocast_dtype
+
+    model = copy.deepcopy(trained.model).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    images, targets = synthetic_batch(task, trained.cfg.data.batch_size, num_classes)
+    dtype = autocast_dtype(trained.cfg.amp, torch.device("cpu"))
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            if task == "segment":
+                loss = F.cross_entropy(model(images).float(), targets)
+            else:
+                loss = sum(model(images, targets).values())
+        loss.backward()
+        optimizer.step()
+
+    return step, len(images)
+
+
 def measure(task: str, root: Path, peers: list[str], rounds: int) -> dict[str, dict]:
-    """Params, GMACs and FPS (with the ratio to the first peer) of every trained model, side by side."""
-    cases, sizes = [], {}
+    """Params, GMACs, inference FPS and training img/s (with ratios to the first peer), side by side."""
+    infer, training, sizes = [], [], {}
     for peer in peers:
-        model = load_model(task, root / f"{task}_{peer}")
+        trained = load_trained(task, root / f"{task}_{peer}")
+        model = trained.model.eval()
         step = forward_step(task, model)
         sizes[peer] = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                        "gmacs": count_flops(step) * MACS_PER_FLOP / 1e9}
-        cases.append(Case(peer, step, 1))
-    results = run_interleaved(cases, warmup=2, iters=5, repeats=rounds)
-    for peer in peers:
-        ratio = throughput_ratio(results[peer], results[peers[0]])
-        sizes[peer].update(fps=results[peer].img_per_s, fps_ratio=ratio.median)
+        infer.append(Case(peer, step, 1))
+        training.append(Case(peer, *train_step(task, trained, len(trained.class_names))))
+    for key, cases in (("fps", infer), ("train_img_s", training)):
+        results = run_interleaved(cases, warmup=2, iters=5 if key == "fps" else 2, repeats=rounds)
+        for peer in peers:
+            ratio = throughput_ratio(results[peer], results[peers[0]])
+            sizes[peer].update({key: results[peer].img_per_s, key + "_ratio": ratio.median})
     return sizes
 
 
 def table(task: str, peers: list[str], summaries: dict, sizes: dict) -> str:
     keys = QUALITY[task]
-    lines = [f"| backbone | {' | '.join(keys)} | train min | params M | GMACs | FPS | x {peers[0]} |",
-             "| --- " * (len(keys) + 6) + "|"]
+    lines = [f"| backbone | {' | '.join(keys)} | train min | params M | GMACs | FPS | FPS x {peers[0]} | "
+             f"train img/s | train x {peers[0]} |", "| --- " * (len(keys) + 8) + "|"]
     for peer in peers:
         s, m = summaries[peer], sizes[peer]
         quality = " | ".join(f"{s[k]:.1f}" if s.get(k) is not None else "-" for k in keys)
         lines.append(f"| {PEERS[peer][0]} | {quality} | {s['wall_time_s'] / 60:.1f} | {m['params_m']:.2f} | "
-                     f"{m['gmacs']:.2f} | {m['fps']:.1f} | {m['fps_ratio']:.2f} |")
+                     f"{m['gmacs']:.2f} | {m['fps']:.1f} | {m['fps_ratio']:.2f} | {m['train_img_s']:.1f} | "
+                     f"{m['train_img_s_ratio']:.2f} |")
     return "\n".join(lines)
 
 

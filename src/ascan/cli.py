@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ascan.train.cli", "train a classifier (default: ascan_nano on Fashion-MNIST)"),
     "eval": ("ascan.train.eval_cli", "top-1/top-5 of a checkpoint on a data set"),
     "finetune": ("ascan.train.finetune_cli", "fine-tune a checkpoint at a higher resolution"),
+    "export": ("ascan.export.cli", "export a model or run to ONNX, checked against PyTorch in onnxruntime"),
     "gen-train": ("ascan.generate.cli_train", "train the AsCAN UNet generator"),
     "generate": ("ascan.generate.cli_sample", "sample images from a trained generator"),
     "scenes": ("ascan.data.scenes_cli", "write the garment-scene detection/segmentation data set (COCO JSON + PNGs)"),

@@ -1,0 +1,72 @@
+"""What ``ascan export`` may be asked: one typed dataclass whose fields declare their valid ranges.
+
+A value out of range is a one-line :class:`~ascan.errors.UserError` naming the field and the value
+(:func:`ascan.config.check_ranges`), raised before any model is built, so a typo costs no export.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ascan.config import Range, check_ranges, setting
+from ascan.errors import UserError
+
+# Export sizes: below 16 px no family keeps a map in its last stage; 4096 is the training configs' limit.
+IMG_SIZE_RANGE = Range(16, 4096)
+BATCH_RANGE = Range(1, 4096)  # a fixed batch; dynamic batch is the default
+# 18: the opset the dynamo exporter's torchlib is written in (its version converter goes up from there);
+# 23: the newest checked here (onnxruntime 1.32 runs 18, 20 and 23). Older onnxruntime runs fewer opsets.
+OPSET_RANGE = Range(18, 23)
+DEFAULT_OPSET = 20  # torch.onnx's own default (dynamo exporter, torch 2.9+)
+THREADS_RANGE = Range(1, 1024)
+BENCH_SECONDS_RANGE = Range(0.0, 600.0)  # 0: no timing, parity only
+DEFAULT_BENCH_SECONDS = 3.0  # per engine and batch size: enough for a stable img/s on a 2-core CPU
+# File size / parameter bytes above which the export fails: a folded (heads, N, N) bias or index table
+# would show as a multiple of the weights. The warning threshold is in ascan.export.onnx (SIZE_WARN_RATIO).
+MAX_SIZE_RATIO_RANGE = Range(1.0, math.inf)
+DEFAULT_MAX_SIZE_RATIO = 1.5
+
+# bf16 is left out: numpy (onnxruntime's input type) has no bfloat16, and onnxruntime's CPU kernels mostly
+# lack it. fp16 runs on onnxruntime's CPU provider (slowly): the parity check works everywhere.
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+@dataclass
+class ExportOptions:
+    """How to export: size, batch, dtype, opset, fusion, feature maps, and the checks run afterwards.
+
+    ``img_size=None`` takes the run's image size (or the model's default input size); ``batch=None`` exports
+    a dynamic batch axis (checked at batch 1 and 3), an int a fixed batch (checked at that batch).
+    ``out_indices`` (stages whose maps a ``features_only`` export returns) needs ``features_only``.
+    """
+
+    img_size: int | None = setting(None, IMG_SIZE_RANGE)
+    batch: int | None = setting(None, BATCH_RANGE)
+    dtype: str = setting("fp32", choices=tuple(DTYPES))
+    opset: int = setting(DEFAULT_OPSET, OPSET_RANGE)
+    fuse: bool = False
+    features_only: bool = False
+    out_indices: tuple[int, ...] | None = None
+    threads: int | None = setting(None, THREADS_RANGE)  # None: torch's current intra-op thread count
+    bench_seconds: float = setting(DEFAULT_BENCH_SECONDS, BENCH_SECONDS_RANGE)
+    max_size_ratio: float = setting(DEFAULT_MAX_SIZE_RATIO, MAX_SIZE_RATIO_RANGE)
+
+    def check(self) -> ExportOptions:
+        """Raise a one-line UserError for the first value out of range or inconsistent; return ``self``."""
+        check_ranges(self)
+        if self.out_indices is not None and not self.features_only:
+            raise UserError(f"out_indices {list(self.out_indices)} needs features_only (--features-only)")
+        if self.out_indices is not None and (not self.out_indices or min(self.out_indices) < 0):
+            raise UserError(f"out_indices must be stage indices >= 0, got {list(self.out_indices)}")
+        return self
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return self.batch is None

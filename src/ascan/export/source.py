@@ -1,0 +1,188 @@
+"""Where ``ascan export`` gets its model: a registered name, a run folder or checkpoint, or a safetensors file.
+
+Weights load only through the training code's loaders (safetensors, or ``torch.load(weights_only=True)``
+for checkpoints) and pass through the model's own ``resize_state_dict``: legacy keys are renamed and the
+relative-position tables are resized *once, in PyTorch*, to the export size. The model is built at that
+size, so its tables already fit the exported maps and no interpolation op reaches the graph
+(onnxruntime's cubic ``Resize`` is not PyTorch's bicubic: up to 1.7e-5 apart on a unit-scale table).
+
+A run trained on Fashion-MNIST has 1 input channel and 10 classes, an ImageFolder run its own class
+count: both are read from the weights (classifier rows, stem input channels), never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors import SafetensorError, safe_open
+from timm.models import FeatureListNet
+from torch import nn
+
+from ascan.engine.state import load_checkpoint, load_model_state, load_weights_file
+from ascan.errors import UserError
+from ascan.layout import LayoutError
+from ascan.train.config import config_from_dict
+from ascan.train.weights import WEIGHT_LOADING_KWARGS, resize_state_dict
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+ASCAN_MODULE_PREFIX = "ascan."  # entry points defined in this package take ``img_size`` (tables sized to it)
+# Set by the export options, not by --model-kwargs: the export size, the feature-map mode and no weights.
+RESERVED_KWARGS = frozenset({"img_size", "features_only", "out_indices", *WEIGHT_LOADING_KWARGS})
+INIT_SEED = 0  # a model exported without weights gets the same random weights every time
+
+
+@dataclass
+class ModelSource:
+    """A model to build: timm name and kwargs, the weights to load (``None``: random init) and where they came from."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, torch.Tensor] | None = None
+    image_size: int | None = None  # the run's training resolution: the default export size
+    origin: str = ""
+
+
+def _from_checkpoint(path: Path, raw: bool) -> ModelSource:
+    state = load_checkpoint(path)
+    cfg = config_from_dict(state["config"])
+    use_ema = not raw and state.get("ema") is not None
+    return ModelSource(cfg.model.name, dict(cfg.model.kwargs), state["ema"] if use_ema else state["model"],
+                       cfg.data.image_size, f"{path} ({'EMA' if use_ema else 'raw'} weights)")
+
+
+def _from_safetensors(path: Path, model_name: str | None) -> ModelSource:
+    """Weights and the model settings ``ascan train`` writes into the file's metadata (as ``ascan eval`` reads them)."""
+    weights = load_weights_file(path)  # UserError when missing or unreadable
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{path} is not a readable safetensors file ({err})") from None
+    name = model_name or meta.get("model")
+    if not name:
+        raise UserError(f"{path} carries no model name in its metadata; pass --model")
+    try:
+        kwargs = json.loads(meta.get("model_kwargs", "{}"))
+        size = int(meta["image_size"]) if "image_size" in meta else None
+    except ValueError:  # json.JSONDecodeError is one
+        raise UserError(f"{path}: metadata model_kwargs / image_size unreadable") from None
+    if not isinstance(kwargs, dict):
+        raise UserError(f"{path}: metadata model_kwargs is not a JSON object")
+    return ModelSource(name, kwargs, weights, size, str(path))
+
+
+def resolve_source(spec: str, *, model: str | None = None, weights: str | None = None, raw: bool = False,
+                   model_kwargs: dict[str, Any] | None = None) -> ModelSource:
+    """``spec`` as a run folder / checkpoint / safetensors file, else as a registered model name.
+
+    ``model`` names the model of a safetensors file without metadata; ``weights`` is a weights file for a
+    model name; ``raw`` takes a checkpoint's raw weights instead of its EMA; ``model_kwargs`` update the
+    ``timm.create_model`` arguments (e.g. widths of a small test model).
+    """
+    path = Path(spec)
+    is_file_source = path.is_dir() or path.suffix in WEIGHT_SUFFIXES
+    if is_file_source and weights:
+        raise UserError(f"--weights loads weights into a model name; {spec} brings its own weights")
+    if path.suffix == ".safetensors":
+        source = _from_safetensors(path, model)
+    elif is_file_source:
+        source = _from_checkpoint(path, raw)
+    elif timm.is_model(spec):
+        loaded = load_weights_file(weights, prefer_ema=not raw) if weights else None
+        source = ModelSource(spec, {}, loaded, None, weights or f"{spec} (random weights, seed {INIT_SEED})")
+    else:
+        raise UserError(f"{spec!r} is neither a registered model (see 'ascan info') nor a run folder, "
+                        f"checkpoint or .safetensors file")
+    reserved = sorted(set(model_kwargs or {}) & RESERVED_KWARGS)
+    if reserved:
+        raise UserError(f"--model-kwargs may not set {', '.join(reserved)} (set by the export options)")
+    # A file's own kwargs must not choose files to load either (a fine-tuned run's img_size is fine: replaced).
+    forbidden = sorted(set(source.kwargs) & (RESERVED_KWARGS - {"img_size"}))
+    if forbidden:
+        raise UserError(f"{source.origin}: its model kwargs may not set {', '.join(forbidden)}")
+    source.kwargs.update(model_kwargs or {})
+    if not timm.is_model(source.name):
+        raise UserError(f"unknown model {source.name!r} (see 'timm.list_models()' or 'ascan info')")
+    return source
+
+
+def is_ascan_model(name: str) -> bool:
+    """Whether ``name`` is one of this package's models (they take ``img_size`` and size their tables to it)."""
+    return timm.models.model_entrypoint(name).__module__.startswith(ASCAN_MODULE_PREFIX)
+
+
+def _create(name: str, **kwargs: Any) -> nn.Module:
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except (LayoutError, TypeError, ValueError) as err:
+        raise UserError(f"{name} with {kwargs}: {err}") from None
+
+
+def default_image_size(source: ModelSource) -> int:
+    """The model's default input side (its pretrained cfg), read from a model on the meta device."""
+    with torch.device("meta"):
+        probe = _create(source.name, **source.kwargs)
+    return int(probe.pretrained_cfg["input_size"][-1])
+
+
+def _input_kwargs_from_weights(source: ModelSource, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``num_classes`` and ``in_chans`` the weights were trained with (a model on the meta device reads them).
+
+    ``in_chans`` scales the default input channels by the ratio of the stem's input widths, so a
+    space-to-depth stem (NeoNeXt: ``in_chans * 16`` inputs) is read right as well.
+    """
+    with torch.device("meta"):
+        probe = _create(source.name, **kwargs)
+    cfg = probe.pretrained_cfg
+    weights = resize_state_dict(probe, source.weights)
+    own = probe.state_dict()
+    found: dict[str, Any] = {}
+    classifier, first_conv = f"{cfg.get('classifier')}.weight", f"{cfg.get('first_conv')}.weight"
+    if "num_classes" not in kwargs and classifier in weights and classifier in own:
+        found["num_classes"] = int(weights[classifier].shape[0])
+    if "in_chans" not in kwargs and first_conv in weights and first_conv in own:
+        default_in = int(cfg["input_size"][0])
+        found["in_chans"] = default_in * int(weights[first_conv].shape[1]) // int(own[first_conv].shape[1])
+    return found
+
+
+def build_model(source: ModelSource, img_size: int) -> tuple[nn.Module, int]:
+    """The model in eval mode at ``img_size`` with the source's weights, and its input channel count."""
+    kwargs = dict(source.kwargs)
+    if is_ascan_model(source.name):
+        kwargs["img_size"] = img_size
+    if source.weights is not None:
+        kwargs.update(_input_kwargs_from_weights(source, kwargs))
+    torch.manual_seed(INIT_SEED)
+    model = _create(source.name, **kwargs)
+    if source.weights is not None:
+        load_model_state(model, resize_state_dict(model, source.weights), source.origin)
+    in_chans = int(kwargs.get("in_chans", model.pretrained_cfg["input_size"][0]))
+    return model.eval(), in_chans
+
+
+def check_input_size(model: nn.Module, name: str, img_size: int) -> None:
+    """A one-line error for sizes a model with strict input sizes rejects (sides must divide by its reduction)."""
+    reduction = getattr(model, "reduction", 1)
+    if getattr(model, "strict_input_size", False) and img_size % reduction:
+        raise UserError(f"img_size {img_size}: {name} needs a multiple of {reduction} (it downsamples {reduction}x)")
+
+
+def as_features(model: nn.Module, name: str, out_indices: tuple[int, ...] | None) -> nn.Module:
+    """The backbone ``timm.create_model(name, features_only=True, out_indices=...)`` builds, around ``model``.
+
+    Wrapping the loaded (and maybe fused) model, as timm's builder does, keeps its weights; timm would
+    build a fresh model instead. ``None`` takes every stage.
+    """
+    stages = len(getattr(model, "feature_info", []))
+    if not stages:
+        raise UserError(f"{name} has no feature_info: it cannot export feature maps")
+    indices = tuple(range(stages)) if out_indices is None else tuple(out_indices)
+    if max(indices) >= stages:
+        raise UserError(f"out_indices {list(indices)}: {name} has {stages} stages (indices 0..{stages - 1})")
+    return FeatureListNet(model, out_indices=indices, flatten_sequential=True).eval()
