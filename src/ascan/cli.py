@@ -2,8 +2,9 @@
 
 Sub-commands are imported lazily so ``ascan info`` does not pay for the training or generation
 stacks. Every task module exposes ``main(argv: list[str]) -> int``. A user error
-(:class:`~ascan.errors.UserError`) prints one line to stderr and exits with status 2; any other
-exception is a bug and keeps its traceback.
+(:class:`~ascan.errors.UserError`) prints one line to stderr and exits with status 2, as does an
+``OSError`` about writing a named path (read-only folder, disk full, a file where a folder goes:
+:func:`ascan.paths.describe_os_error`); any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib
 import sys
 
 from ascan.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
+from ascan.paths import describe_os_error
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("ascan.info", "table of registered models: layout, params, MACs vs the paper"),
@@ -49,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(rest) or 0)
     except UserError as err:
         print(f"ascan {name}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as err:  # the file system refused a write (read-only, full, a file in the way): one line
+        message = describe_os_error(err)
+        if message is None:
+            raise
+        print(f"ascan {name}: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"ascan {name}: interrupted", file=sys.stderr)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -54,18 +55,45 @@ class Range:
         return above and below
 
     def __str__(self) -> str:
-        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        return f"{'(' if self.low_open else '['}{_bound(self.low)}, {_bound(self.high)}{')' if self.high_open else ']'}"
+
+    def describe(self) -> str:
+        return f"in {self}"
+
+
+def _bound(value: float) -> str:
+    """``2147483647`` rather than ``2.14748e+09``; ``inf``, ``0.5``, ``1e-08`` as ``:g`` writes them."""
+    return str(int(value)) if math.isfinite(value) and value == int(value) else f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Strings that match ``regex`` in full, e.g. device names; ``description`` is what the error says."""
+
+    regex: str
+    description: str
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, str) and re.fullmatch(self.regex, value) is not None
+
+    def __str__(self) -> str:
+        return self.description
+
+    def describe(self) -> str:
+        return self.description
 
 
 POSITIVE = Range(0.0, math.inf, low_open=True)
 NON_NEGATIVE = Range(0.0)
 AT_LEAST_ONE = Range(1.0)
 FRACTION = Range(0.0, 1.0)  # probabilities, strengths in [0, 1]
+DROP_RATE = Range(0.0, 1.0, high_open=True)  # [0, 1): drop rates (1 would drop everything)
 
 
-def setting(default: Any = dataclasses.MISSING, valid: Range | None = None, *, choices: tuple[str, ...] | None = None,
-            default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with a declared valid range (numbers; ``None`` always passes) or choices (strings)."""
+def setting(default: Any = dataclasses.MISSING, valid: Range | Pattern | None = None, *,
+            choices: tuple[str, ...] | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with a declared valid range (numbers; ``None`` always passes), pattern or choices
+    (strings)."""
     metadata = {_RANGE_KEY: valid, _CHOICES_KEY: choices}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
@@ -101,18 +129,20 @@ def with_defaults(**defaults: Any) -> Callable[[type[C]], type[C]]:
     return apply
 
 
-def check_ranges(cfg: Any, prefix: str = "", error: type[Exception] = UserError) -> None:
-    """Raise ``error`` naming the first field whose value lies outside its declared range or choices."""
+def check_ranges(cfg: Any, prefix: str = "", error: type[Exception] = UserError, *, as_flags: bool = False) -> None:
+    """Raise ``error`` naming the first field whose value lies outside its declared range or choices
+    (``as_flags``: named as the command-line option that sets it, ``num_classes`` as ``--num-classes``)."""
     for f in dataclasses.fields(cfg):
-        value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
+        value = getattr(cfg, f.name)
+        key = f"--{f.name.replace('_', '-')}" if as_flags else f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
-            check_ranges(value, f"{key}.", error)
+            check_ranges(value, f"{key}.", error, as_flags=as_flags)
             continue
         valid, choices = f.metadata.get(_RANGE_KEY), f.metadata.get(_CHOICES_KEY)
         if value is None:
             continue
         if valid is not None and value not in valid:
-            raise error(f"{key} must be in {valid}, got {value!r}")
+            raise error(f"{key} must be {valid.describe()}, got {value!r}")
         if choices is not None and value not in choices:
             raise error(f"{key} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
@@ -264,6 +294,6 @@ def save_config(cfg: Any, path: str | Path) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
-__all__ = ["AT_LEAST_ONE", "FRACTION", "NON_NEGATIVE", "POSITIVE", "Range", "apply_overrides", "check_ranges",
-           "config_from_dict", "config_to_dict", "deep_merge", "load_config", "parse_override", "read_yaml",
-           "save_config", "setting", "with_defaults"]
+__all__ = ["AT_LEAST_ONE", "DROP_RATE", "FRACTION", "NON_NEGATIVE", "POSITIVE", "Pattern", "Range",
+           "apply_overrides", "check_ranges", "config_from_dict", "config_to_dict", "deep_merge", "load_config",
+           "parse_override", "read_yaml", "save_config", "setting", "with_defaults"]

@@ -16,8 +16,10 @@ from typing import Any
 import yaml
 
 from ascan.config import config_to_dict
-from ascan.engine import load_checkpoint
+from ascan.engine import checkpoint_path, load_checkpoint
 from ascan.errors import EXIT_INTERRUPTED, UserError
+from ascan.model_kwargs import check_config_model_kwargs
+from ascan.paths import check_output_folder
 
 CONFIG_FOLDER = "configs"
 # The shortcuts of the commands that count a run in epochs (train, segment, detect): flag -> config key.
@@ -86,7 +88,10 @@ def resolve_run_config(args: argparse.Namespace, load_config: Callable[..., Any]
             raise UserError("--resume continues a run in its own folder: leave out the output folder")
         state = load_checkpoint(args.resume)
         run_dir = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
-        return load_config(args.config, overrides, base=dict(state["config"], output=str(run_dir)))
+        base = dict(state["config"], output=str(run_dir))
+        # The run's own model kwargs, named as the file's (the merged config's pass the model builder's check).
+        check_config_model_kwargs(load_config(None, [], base=base), str(checkpoint_path(args.resume)))
+        return load_config(args.config, overrides, base=base)
     return load_config(args.config or bundled_config(default_config), overrides)
 
 
@@ -95,5 +100,6 @@ def run_training(args: argparse.Namespace, cfg: Any, train: Callable[..., Any]) 
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
+    check_output_folder(cfg.output, "run folder")
     result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0 if result.completed else EXIT_INTERRUPTED

@@ -20,6 +20,7 @@ import torch
 
 from ascan.bench import presets
 from ascan.errors import UserError
+from ascan.paths import check_output_folder
 
 WIDE_TABLE = 200  # columns for the table when stdout is a file (rich would wrap at 80)
 
@@ -164,6 +165,7 @@ def main(argv: list[str]) -> int:
         return explain(cfg, console)
 
     out_dir = args.out or Path("runs/bench") / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    check_output_folder(out_dir, "--out")
     err_console = Console(stderr=True)
     progress = Progress(
         TextColumn("{task.description}"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import os
 import platform
 import time
@@ -24,6 +25,7 @@ from torch import nn
 from ascan.bench import presets
 from ascan.bench.memory import step_peak_bytes
 from ascan.bench.timing import Case, Measurement, plan_size, run_interleaved, throughput_ratio
+from ascan.config import AT_LEAST_ONE, NON_NEGATIVE, Range, check_ranges, setting
 from ascan.errors import UserError
 from ascan.flops import count_flops
 from ascan.fusion import fuse_with_summary
@@ -31,6 +33,7 @@ from ascan.paper import paper_figures
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FUSE_CHOICES = ("off", "on", "both")
+PEAK_TFLOPS_RANGE = Range(0.0, math.inf, low_open=True, high_open=True)
 MODES = ("infer", "train")
 FUSED_SUFFIX = "+fused"
 # Training-step cost is counted on a batch of this size (BatchNorm in train mode needs > 1 sample).
@@ -46,22 +49,22 @@ class BenchConfig:
 
     models: tuple[str, ...]
     batch_sizes: tuple[int, ...] = (1, 16, 64)
-    img_size: int | None = None  # None: each model's Table-4 (else timm default) resolution
-    dtype: str = "fp32"
+    img_size: int | None = setting(None, AT_LEAST_ONE)  # None: each model's Table-4 (else timm default) resolution
+    dtype: str = setting("fp32", choices=tuple(DTYPES))
     channels_last: bool = False
     compile: bool = False
     fullgraph: bool = False
     compile_mode: str | None = None
-    fuse: str = "off"
+    fuse: str = setting("off", choices=FUSE_CHOICES)
     train: bool = False
-    device: str = "cpu"
-    warmup: int = 2
-    iters: int = 5
-    repeats: int = 5
-    num_classes: int = 1000
-    peak_tflops: float | None = None
+    device: str = setting("cpu", choices=("cpu", "cuda"))
+    warmup: int = setting(2, NON_NEGATIVE)
+    iters: int = setting(5, AT_LEAST_ONE)
+    repeats: int = setting(5, AT_LEAST_ONE)
+    num_classes: int = setting(1000, NON_NEGATIVE)  # 0: no classifier (timm's convention)
+    peak_tflops: float | None = setting(None, PEAK_TFLOPS_RANGE)
     reference: str | None = None
-    seed: int = 0
+    seed: int = setting(0, NON_NEGATIVE)
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -142,18 +145,7 @@ def check_config(cfg: BenchConfig) -> None:
         raise UserError("a model is listed twice")
     if not cfg.batch_sizes or any(b < 1 for b in cfg.batch_sizes):
         raise UserError(f"batch sizes must be positive integers, got {list(cfg.batch_sizes)}")
-    if cfg.img_size is not None and cfg.img_size < 1:
-        raise UserError(f"image size must be positive, got {cfg.img_size}")
-    if cfg.dtype not in DTYPES:
-        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
-    if cfg.fuse not in FUSE_CHOICES:
-        raise UserError(f"--fuse must be one of {', '.join(FUSE_CHOICES)}, got {cfg.fuse!r}")
-    if cfg.iters < 1 or cfg.repeats < 1 or cfg.warmup < 0:
-        raise UserError("--iters and --repeats must be >= 1 and --warmup >= 0")
-    if cfg.peak_tflops is not None and cfg.peak_tflops <= 0:
-        raise UserError(f"--peak-tflops must be positive, got {cfg.peak_tflops}")
-    if cfg.device not in ("cpu", "cuda"):
-        raise UserError(f"device must be cpu or cuda, got {cfg.device!r}")
+    check_ranges(cfg, as_flags=True)  # every field's declared range or choices, named as its option
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but no CUDA GPU is available on this machine")
     check_model_names(cfg.models)

@@ -12,6 +12,7 @@ import time
 from dataclasses import fields
 
 from ascan.data.scenes import MARKER_NAME, SceneConfig, ensure_scenes, read_marker
+from ascan.paths import check_output_folder
 
 _HELP = {
     "image_size": "side of the square scenes (pixels)",
@@ -47,6 +48,7 @@ def main(argv: list[str]) -> int:
     if read_marker(args.root) == cfg:
         print(f"{args.root}: scenes already present ({MARKER_NAME} matches); nothing to do")
         return 0
+    check_output_folder(args.root, "--root")
     start = time.perf_counter()
     root = ensure_scenes(args.root, cfg, args.fashion_mnist, progress=not args.no_progress)
     print(f"wrote {cfg.train_scenes} train + {cfg.test_scenes} test scenes of {cfg.image_size}px to {root} "

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from ascan.errors import UserError
+from ascan.paths import check_output_folder
 from ascan.runargs import EPOCH_SHORTCUTS, command_parser, resolve_run_config, run_training, train_subcommand
 
 DEFAULT_CONFIG = "detect_scenes.yaml"
@@ -87,6 +88,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise UserError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
+    check_output_folder(args.out, "--out")
     files = image_files(args.inputs)[: args.limit]
     trained = load_trained(args.run, prefer_ema=not args.raw)
     written = predict_files(trained, files, Path(args.out), args.score_thresh, progress=not args.no_progress)

@@ -15,7 +15,7 @@ from typing import Any
 import timm
 
 from ascan import config as generic
-from ascan.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Range, setting, with_defaults
+from ascan.config import AT_LEAST_ONE, DROP_RATE, FRACTION, NON_NEGATIVE, Range, setting, with_defaults
 from ascan.detect.model import MODELS, DetectorCfg
 from ascan.engine.settings import DEFAULT_CHECKPOINT_MINUTES, WORKERS_RANGE, EpochOptimSettings, EpochRunSettings
 from ascan.errors import UserError
@@ -65,7 +65,7 @@ class DetectModelConfig:
     detector: dict[str, Any] = field(default_factory=lambda: {
         "fpn_channels": 64, "mask_head_channels": 64, "mask_head_convs": 2, "box_head_dim": 256,
         "box_batch_size_per_image": 128, "rpn_post_nms_top_n_train": 300})
-    drop_path_rate: float = setting(0.0, FRACTION)
+    drop_path_rate: float = setting(0.0, DROP_RATE)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from ascan.detect.metrics import binary_masks
 from ascan.detect.task import build_model
 from ascan.engine import checkpoint_path, load_checkpoint, load_model_state
 from ascan.errors import UserError
+from ascan.model_kwargs import check_config_model_kwargs
 
 MIN_OVERLAY_SIDE = 512  # small scenes are enlarged (nearest) so captions stay readable
 MASK_ALPHA = 0.45
@@ -48,6 +49,7 @@ def load_trained(run: str | Path, prefer_ema: bool = True) -> TrainedDetector:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise UserError(f"{path} is not an 'ascan detect' checkpoint (no class names)")
     cfg = config_from_dict(state["config"])
+    check_config_model_kwargs(cfg, str(path))
     model = build_model(cfg, len(names))
     use_ema = prefer_ema and state.get("ema") is not None
     load_model_state(model, state["ema"] if use_ema else state["model"], f"checkpoint {path}")

@@ -37,12 +37,15 @@ from ascan.engine import (
     seed_all,
 )
 from ascan.errors import UserError
+from ascan.model_kwargs import check_model_kwargs
 
 REPORTED_METRICS = ("box_map", "box_map_50", "box_map_75", "mask_map", "mask_map_50", "mask_map_75")
 
 
 def build_model(cfg: DetectConfig, num_object_classes: int) -> nn.Module:
     """The config's detector for ``num_object_classes`` classes (plus the background)."""
+    # the backbone's own settings only: never a file for timm to load
+    check_model_kwargs(cfg.model.backbone, cfg.model.backbone_kwargs, key="model.backbone_kwargs")
     kwargs = dict(cfg.model.backbone_kwargs)
     if cfg.model.drop_path_rate:
         kwargs["drop_path_rate"] = cfg.model.drop_path_rate

@@ -314,11 +314,32 @@ def build_loop(task: Task, model: nn.Module, optimizer, scheduler, train_set: Da
 
 
 def _restore(loop: Loop, resume: dict[str, Any], source: str) -> None:
-    loop.state.restore(resume, source)
-    if not restore_rng_streams(resume, loop.env.dist) and loop.env.dist.is_main:
+    """The state, the RNG streams, and a note where the schedule rule (:mod:`ascan.engine.state`) moved the lr."""
+    state, is_main = loop.state, loop.env.dist.is_main
+    state.restore(resume, source)
+    if not restore_rng_streams(resume, loop.env.dist) and is_main:
         print(f"note: checkpoint came from {len(resume.get('rng', []))} processes, now "
               f"{loop.env.dist.world_size}; random streams restart (weights, optimizer and schedule continue)",
               file=sys.stderr)
+    saved_lr, lr = resume["optimizer"]["param_groups"][0]["lr"], state.optimizer.param_groups[0]["lr"]
+    if lr != saved_lr and is_main:
+        print(f"note: the learning-rate schedule follows this run's config: at step {state.step} the lr is "
+              f"{lr:.3g} (the checkpoint's schedule had {saved_lr:.3g})", file=sys.stderr)
+
+
+def _already_finished(loop: Loop) -> bool:
+    """Training is done and :func:`_finish` wrote its summary (its last file): a resume has nothing to do."""
+    state, cfg = loop.state, loop.cfg
+    trained = state.epoch >= cfg.epochs or (cfg.max_steps is not None and state.step >= cfg.max_steps)
+    return trained and (loop.folder / SUMMARY_JSON).is_file()
+
+
+def _announce_nothing_to_do(loop: Loop) -> None:
+    if loop.env.dist.is_main:
+        state, run = loop.state, loop.folder.path
+        print(f"run {run} is already complete (epoch {state.epoch}/{loop.cfg.epochs}, step {state.step}); nothing "
+              f"to do: to train longer, resume with more epochs or steps ({loop.info.command} --resume {run} "
+              "--set ...)", file=sys.stderr)
 
 
 def fit(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, train_set: Dataset,
@@ -335,15 +356,21 @@ def fit(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, schedule
     loop = build_loop(task, model, optimizer, scheduler, train_set, cfg, env, folder, info)
     loop.step_callback = step_callback
     seed_all(cfg.seed + 1, env.dist.rank)  # per-rank streams: augmentation, drop path, MixUp differ by rank
+    finished_before = False
     if resume is not None:
         _restore(loop, resume, resume_source)
-    with loop.stop:
-        completed = _run_epochs(loop, train_set)
+        finished_before = agree_any([_already_finished(loop)], env.dist, env.device)[0]  # one path for all ranks
+    if finished_before:
+        _announce_nothing_to_do(loop)
+        completed = True
+    else:
+        with loop.stop:
+            completed = _run_epochs(loop, train_set)
     state = loop.state
     result = FitResult(folder.path, completed, state.epoch, state.step, dict(state.history[-1]) if state.history
                        else {}, state.history, state.model, state.ema.module if state.ema is not None else None,
                        time.time() - started)
-    if completed:
+    if completed and not finished_before:
         _finish(loop, result)
     return result
 
@@ -378,9 +405,9 @@ def _finish(loop: Loop, result: FitResult) -> None:
     summary = {"completed": result.completed, "epochs": result.epoch, "steps": result.step,
                "wall_time_s": result.wall_time_s, "num_params": num_params, "world_size": dist.world_size,
                "global_batch": loop.cfg.batch_size, **result.metrics}
-    write_summary(summary, folder / SUMMARY_JSON)
     if result.history:
         plot_curves(result.history, folder / CURVES_PNG)
+    write_summary(summary, folder / SUMMARY_JSON)  # last: it marks the run finished (_already_finished)
     if loop.cfg.progress:
         print_summary(loop.info.title, summary, {k: v for k, v in result.metrics.items()
                                                  if isinstance(v, float) and not math.isnan(v)}, folder.path)

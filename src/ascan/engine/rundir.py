@@ -4,18 +4,23 @@ A new run refuses a folder that already holds one (a checkpoint or a summary) un
 ``overwrite`` it — then the engine's own files are removed first. While a run trains, rank 0 holds an
 exclusive ``flock`` on ``run.lock``; a second process gets a one-line error instead of two runs
 overwriting each other's checkpoints. The lock goes with the process, so a crash leaves no stale lock.
+The lock is taken before the folder is looked at, so a second process is told the folder is in use (not that
+it holds a run it could resume), and the lock holder removes the temporary files of writes that a killed
+process left behind (:func:`ascan.atomic.remove_temporaries`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ascan.atomic import remove_temporaries
 from ascan.engine.distributed import DistInfo
 from ascan.engine.runlog import CURVES_PNG, METRICS_CSV, SUMMARY_JSON
 from ascan.engine.runtime import Environment, session
@@ -56,7 +61,8 @@ def _clear(path: Path) -> None:
 
 
 @contextmanager
-def _lock(path: Path) -> Iterator[None]:
+def _lock(path: Path, check: Callable[[], None]) -> Iterator[None]:
+    """Hold ``path``'s lock; ``check()`` runs under it, before the lock file names this process."""
     path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -66,6 +72,7 @@ def _lock(path: Path) -> Iterator[None]:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             raise UserError(f"run folder {path} is in use by another training process (pid {holder}); "
                             "wait for it to finish or choose another output folder") from None
+        check()  # a refusal leaves every file as it was, the lock file too
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
@@ -73,20 +80,37 @@ def _lock(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _refuse_a_held_folder(path: Path) -> None:
+    if holds_run(path):
+        raise UserError(f"run folder {path} already holds a run; continue it with --resume {path}, "
+                        "start over with --overwrite, or choose another output folder")
+
+
+def _remove_debris(path: Path) -> None:
+    removed = remove_temporaries(path)
+    if removed:
+        print(f"note: removed {len(removed)} unfinished temporary file(s) of an interrupted write from {path} "
+              f"(e.g. {removed[0].name})", file=sys.stderr)
+
+
 @contextmanager
 def open_run_folder(path: str | Path, dist_info: DistInfo, *, resume: bool = False,
                     overwrite: bool = False) -> Iterator[RunFolder]:
     """Claim ``path`` for a new run (refusing one that holds a run unless ``overwrite``) or to ``resume``."""
     path = Path(path)
-    if not resume and holds_run(path) and not overwrite:
-        raise UserError(f"run folder {path} already holds a run; continue it with --resume {path}, "
-                        "start over with --overwrite, or choose another output folder")
-    if not dist_info.is_main:
+
+    def check() -> None:
+        if not (resume or overwrite):
+            _refuse_a_held_folder(path)
+
+    if not dist_info.is_main:  # rank 0 alone locks and clears
+        check()
         yield RunFolder(path)
         return
-    with _lock(path):
-        if not resume and overwrite:
+    with _lock(path, check):
+        if overwrite and not resume:
             _clear(path)
+        _remove_debris(path)
         yield RunFolder(path)
 
 

@@ -9,11 +9,14 @@ from dataclasses import dataclass
 import torch
 from timm.utils import random_seed
 
+from ascan.config import Pattern
 from ascan.engine.distributed import DistInfo, cleanup_distributed, init_distributed
 from ascan.errors import UserError
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 DEVICE_AUTO = "auto"
+# The devices a run may name (torch.device takes more: 'meta', 'mps', 'xpu', ... which ascan does not run on).
+DEVICE_NAME = Pattern(r"auto|cpu|cuda(:\d+)?", "'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
 @dataclass(frozen=True)
@@ -30,15 +33,17 @@ def wants_cuda(device_name: str) -> bool:
 
 def resolve_device(name: str, dist_info: DistInfo) -> torch.device:
     """``auto`` -> CUDA when present, else CPU; under DDP each rank takes the GPU of its local rank."""
+    if name not in DEVICE_NAME:
+        raise UserError(f"device must be {DEVICE_NAME}, got {name!r}")
     if name == DEVICE_AUTO:
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"device {name!r} is not a torch device (use 'auto', 'cpu', 'cuda' or 'cuda:N')") from None
+    device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError("device 'cuda' was asked for but no CUDA GPU is available")
+            raise UserError(f"device {name!r} was asked for but no CUDA GPU is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device {name!r} was asked for but this machine has {torch.cuda.device_count()} "
+                            "CUDA GPU(s)")
         if dist_info.enabled:
             device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)

@@ -1,4 +1,9 @@
-"""The optimizer and its learning-rate schedule, stepped per optimizer step (timm's, ``t_in_epochs=False``)."""
+"""The optimizer and its learning-rate schedule, stepped per optimizer step (timm's, ``t_in_epochs=False``).
+
+The schedule is a function of the step count and the config alone, which gives the rule for resumed and
+extended runs (:mod:`ascan.engine.state`): a resumed run evaluates *its* config's schedule at the saved
+step, so more epochs stretch the cosine to the new end instead of leaving the extra steps at ``min_lr``.
+"""
 
 from __future__ import annotations
 

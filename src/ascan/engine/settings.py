@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ascan.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check_ranges, setting
-from ascan.engine.runtime import AMP_CHOICES
+from ascan.engine.runtime import AMP_CHOICES, DEVICE_NAME
 
 MINUTES_PER_WEEK = 7 * 24 * 60
 EMA_DECAY_RANGE = Range(0.0, 1.0, low_open=True, high_open=True)
@@ -59,7 +59,7 @@ class RunSettings:
 
     output: str = "runs/run"  # the run folder
     seed: int = setting(0, SEED_RANGE)
-    device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:1'
+    device: str = setting("auto", DEVICE_NAME)  # 'auto', 'cpu', 'cuda', 'cuda:1'
     amp: str = setting("auto", choices=AMP_CHOICES)  # 'auto': bf16 on GPUs and on CPUs with AMX/AVX512-BF16
     deterministic: bool = False
     threads: int | None = setting(None, AT_LEAST_ONE)  # torch.set_num_threads; None: torch's default

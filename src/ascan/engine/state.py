@@ -5,6 +5,14 @@ grad-scaler states, every process's RNG states, the epoch/batch/step position an
 plus what the task adds (its resolved config, e.g.). It is a ``torch.save`` file of tensors and plain
 Python values only, read back with ``weights_only=True`` (never a general unpickle); only the entries
 named here are read from it.
+
+The schedule rule on resume: the learning-rate schedule is the one the *resumed* config builds (its epochs
+or steps, warm-up, lr and min_lr), evaluated at the saved step count — step ``s`` of a resumed run trains
+with the lr that step ``s`` of a run started with that config would have. With an unchanged config that is
+the saved schedule (bit-exact resume); with more epochs the cosine stretches to the new end, so a finished
+run resumed with ``--epochs`` larger climbs back from ``min_lr`` to the longer cosine's value at that step
+(instead of staying at ``min_lr``). The saved ``scheduler`` entry (the old hyper-parameters) is kept for
+inspection only.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from ascan.errors import UserError
 
 CHECKPOINT_NAME = "last.pt"
 REQUIRED_ENTRIES = ("model", "config")  # what makes a file an ascan training checkpoint
+RESUME_ENTRIES = ("optimizer", "scaler", "epoch", "batch", "step")  # what continuing one needs besides
 _LOAD_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError)
 
 
@@ -161,14 +170,25 @@ class TrainingState:
                 "history": self.history}
 
     def restore(self, state: dict[str, Any], source: str) -> None:
+        """Continue from ``state``; the lr schedule is this state's own scheduler at the saved step."""
+        missing = [key for key in RESUME_ENTRIES if state.get(key) is None]
+        if missing:
+            raise UserError(f"{source} cannot be resumed: it has no {', '.join(missing)} entr"
+                            f"{'y' if len(missing) == 1 else 'ies'} (start from its weights with model.init_from)")
         load_model_state(self.model, state["model"], source)
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.module.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+        try:
+            if self.ema is not None and state.get("ema") is not None:
+                self.ema.module.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserError(f"{source} cannot be resumed: its EMA, optimizer or scaler state does not fit this "
+                            f"run ({first[:160]})") from None
         self.history = [dict(row) for row in state.get("history", [])]
+        # The schedule rule (module docstring): this run's scheduler, not the saved one, at the saved step.
+        self.scheduler.step_update(self.step)
 
 
 def save_training_state(state: TrainingState, path: Path, dist_info: DistInfo, extra: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from ascan.export.onnx import ExportCheckError, ExportReport, export_onnx
 from ascan.export.options import DEFAULT_OPSET, DTYPES, ExportOptions
 from ascan.export.source import as_features, build_model, check_input_size, default_image_size, resolve_source
 from ascan.fusion import fuse_with_summary
+from ascan.paths import check_output_file
 
 EXIT_CHECK_FAILED = 1
 REQUIRED_MODULES = ("onnx", "onnxruntime", "onnxscript")
@@ -129,6 +130,7 @@ def _report_json(report: ExportReport) -> str:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     opts = options_from_args(args)
+    check_output_file(args.out, "--out")
     _require_export_extra()
     source = resolve_source(args.source, model=args.model, weights=args.weights, raw=args.no_ema,
                             model_kwargs=args.model_kwargs)

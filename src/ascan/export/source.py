@@ -26,8 +26,9 @@ from torch import nn
 from ascan.engine.state import load_checkpoint, load_model_state, load_weights_file
 from ascan.errors import UserError
 from ascan.layout import LayoutError
+from ascan.model_kwargs import WEIGHT_LOADING_KWARGS, check_model_kwargs
 from ascan.train.config import config_from_dict
-from ascan.train.weights import WEIGHT_LOADING_KWARGS, resize_state_dict
+from ascan.train.weights import resize_state_dict
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 ASCAN_MODULE_PREFIX = "ascan."  # entry points defined in this package take ``img_size`` (tables sized to it)
@@ -69,7 +70,7 @@ def _from_safetensors(path: Path, model_name: str | None) -> ModelSource:
     try:
         kwargs = json.loads(meta.get("model_kwargs", "{}"))
         size = int(meta["image_size"]) if "image_size" in meta else None
-    except ValueError:  # json.JSONDecodeError is one
+    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
         raise UserError(f"{path}: metadata model_kwargs / image_size unreadable") from None
     if not isinstance(kwargs, dict):
         raise UserError(f"{path}: metadata model_kwargs is not a JSON object")
@@ -98,16 +99,19 @@ def resolve_source(spec: str, *, model: str | None = None, weights: str | None =
     else:
         raise UserError(f"{spec!r} is neither a registered model (see 'ascan info') nor a run folder, "
                         f"checkpoint or .safetensors file")
+    if not timm.is_model(source.name):
+        raise UserError(f"unknown model {source.name!r} (see 'timm.list_models()' or 'ascan info')")
     reserved = sorted(set(model_kwargs or {}) & RESERVED_KWARGS)
     if reserved:
         raise UserError(f"--model-kwargs may not set {', '.join(reserved)} (set by the export options)")
-    # A file's own kwargs must not choose files to load either (a fine-tuned run's img_size is fine: replaced).
+    # A file's own kwargs: the model's settings only, never a file to load (a fine-tuned run's img_size is
+    # fine: replaced by the export size); the feature-map options are the export's.
     forbidden = sorted(set(source.kwargs) & (RESERVED_KWARGS - {"img_size"}))
     if forbidden:
         raise UserError(f"{source.origin}: its model kwargs may not set {', '.join(forbidden)}")
+    check_model_kwargs(source.name, source.kwargs, source.origin, "model kwargs")
+    check_model_kwargs(source.name, model_kwargs or {}, None, "--model-kwargs")
     source.kwargs.update(model_kwargs or {})
-    if not timm.is_model(source.name):
-        raise UserError(f"unknown model {source.name!r} (see 'timm.list_models()' or 'ascan info')")
     return source
 
 

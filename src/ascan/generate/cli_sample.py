@@ -17,6 +17,9 @@ from ascan.generate.conditioning import Conditioning
 from ascan.generate.config import GUIDANCE_RANGE, SAMPLE_METHODS
 from ascan.generate.sample import TrainedGenerator, load_generator, save_grid
 from ascan.generate.text import build_text_encoder
+from ascan.paths import check_output_file
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what the grid is saved as
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +66,7 @@ def conditioning(gen: TrainedGenerator, args: argparse.Namespace) -> Conditionin
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
+    check_output_file(args.out, "--out", IMAGE_SUFFIXES)
     if args.threads:
         torch.set_num_threads(args.threads)
     gen = load_generator(Path(args.ckpt))

@@ -50,6 +50,16 @@ def set_bias_memory_budget(dense_max_pairs: int | None = None, chunk_pairs: int 
     return previous
 
 
+def heads_of(width: int, head_dim: int, exact: bool = True) -> int:
+    """Number of heads of a ``width``-channel attention with ``head_dim`` channels each; ``ValueError`` naming
+    ``head_dim`` when it is not a positive integer (with ``exact``: one that divides ``width``)."""
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
+        raise ValueError(f"head_dim must be a positive integer, got {head_dim!r}")
+    if exact and width % head_dim:
+        raise ValueError(f"width {width} is not a multiple of head_dim {head_dim}")
+    return max(1, width // head_dim)
+
+
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """``(B, N, H*D) -> (B, H, N, D)``."""
     b, n, c = x.shape

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from timm.layers import Attention, DropPath, Mlp, register_notrace_module
 from torch import nn
 
+from ascan.layers.attention import heads_of
 from ascan.layers.registry import register_block
 from ascan.layers.shortcut import Shortcut
 
@@ -27,7 +28,7 @@ class _PreNormAttnMlp(nn.Module):
     def __init__(self, dim: int, head_dim: int, drop_path: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads=max(1, dim // head_dim), qkv_bias=True)
+        self.attn = Attention(dim, num_heads=heads_of(dim, head_dim, exact=False), qkv_bias=True)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * MLP_RATIO))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

@@ -13,6 +13,7 @@ from timm.layers import register_notrace_module
 from timm.models.maxxvit import MaxxVitTransformerCfg, PartitionAttention2d
 from torch import nn
 
+from ascan.layers.attention import heads_of
 from ascan.layers.registry import register_block
 from ascan.layers.shortcut import Shortcut
 
@@ -26,6 +27,7 @@ class MultiAxisAttention(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, stride: int = 1, feat_size: tuple[int, int] = (7, 7),
                  drop_path: float = 0.0, window: int = WINDOW, head_dim: int = HEAD_DIM):
         super().__init__()
+        heads_of(out_chs, head_dim)  # a ValueError naming head_dim (timm's own check is a bare assert)
         size = (min(window, feat_size[0]), min(window, feat_size[1]))
         cfg = MaxxVitTransformerCfg(dim_head=head_dim, window_size=size, grid_size=size)
         self.window = size

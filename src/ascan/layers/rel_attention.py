@@ -23,7 +23,7 @@ import torch
 from timm.layers import DropPath, LayerNorm2d, Mlp
 from torch import nn
 
-from ascan.layers.attention import attention, merge_heads, rel_pos_attention, split_heads
+from ascan.layers.attention import attention, heads_of, merge_heads, rel_pos_attention, split_heads
 from ascan.layers.registry import register_block
 from ascan.layers.rel_pos import RelPosBiasTable
 from ascan.layers.shortcut import Shortcut
@@ -57,11 +57,9 @@ class RelativeAttention(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, feat_size: tuple[int, int], head_dim: int = HEAD_DIM,
                  placement: KernelPlacement = "pre", qkv_bias: bool = True, attn_drop: float = 0.0):
         super().__init__()
-        if out_chs % head_dim:
-            raise ValueError(f"width {out_chs} is not a multiple of head_dim {head_dim}")
+        self.num_heads = heads_of(out_chs, head_dim)
         if placement not in ("pre", "post"):
             raise ValueError("kernel placement must be 'pre' or 'post', got '" + placement + "'")
-        self.num_heads = out_chs // head_dim
         self.placement = placement
         self.attn_drop = attn_drop
         self.qkv = nn.Linear(in_chs, 3 * out_chs, bias=qkv_bias)

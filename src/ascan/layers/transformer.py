@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from ascan.layers.attention import merge_heads, rel_pos_attention, split_heads
+from ascan.layers.attention import heads_of, merge_heads, rel_pos_attention, split_heads
 from ascan.layers.registry import register_block
 from ascan.layers.rel_pos import RelPosBiasTable
 from ascan.layers.shortcut import Shortcut
@@ -33,9 +33,7 @@ class ParallelTransformerBlock(nn.Module):
                  drop_path: float = 0.0, head_dim: int = HEAD_DIM, mlp_ratio: float = MLP_RATIO,
                  qkv_bias: bool = True, attn_drop: float = 0.0):
         super().__init__()
-        if out_chs % head_dim:
-            raise ValueError(f"width {out_chs} is not a multiple of head_dim {head_dim}")
-        self.num_heads = out_chs // head_dim
+        self.num_heads = heads_of(out_chs, head_dim)
         self.out_chs = out_chs
         self.mlp_hidden = int(out_chs * mlp_ratio)
         self.attn_drop = attn_drop

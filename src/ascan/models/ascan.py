@@ -13,6 +13,7 @@ a LayerNorm on the pooled features (CoAtNet), no head projection (both).
 """
 
 
+import numbers
 import re
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
@@ -179,6 +180,38 @@ def check_cfg(cfg: AscanCfg) -> None:
         raise ValueError(f"head_width must be >= 0 (0: no head projection), got {cfg.head_width}")
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_model_args(num_classes: int, in_chans: int, img_size: int | tuple, drop_rate: float,
+                     drop_path_rate: float) -> tuple[int, int]:
+    """Raise ``ValueError`` naming the constructor argument that is out of range; the image size as ``(h, w)``."""
+    if not _is_int(num_classes) or num_classes < 0:
+        raise ValueError(f"num_classes must be an integer >= 0 (0: no classifier), got {num_classes!r}")
+    if not _is_int(in_chans) or in_chans < 1:
+        raise ValueError(f"in_chans must be an integer >= 1, got {in_chans!r}")
+    size = (img_size, img_size) if _is_int(img_size) else tuple(img_size) if isinstance(img_size, tuple | list) else ()
+    if len(size) != 2 or not all(_is_int(side) and side >= 1 for side in size):
+        raise ValueError(f"img_size must be a positive integer or an (h, w) pair of them, got {img_size!r}")
+    for name, rate in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
+        if not isinstance(rate, numbers.Real) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
+    return size
+
+
+def check_out_indices(out_indices: object, num_stages: int) -> None:
+    """``features_only``'s ``out_indices``: stage numbers in ``-num_stages .. num_stages - 1`` (or a count)."""
+    if _is_int(out_indices):  # timm: the last N stages
+        if not 1 <= out_indices <= num_stages:
+            raise ValueError(f"out_indices={out_indices}: the model has {num_stages} stages")
+        return
+    items = tuple(out_indices) if isinstance(out_indices, tuple | list) else None
+    if not items or not all(_is_int(i) and -num_stages <= i < num_stages for i in items):
+        raise ValueError(f"out_indices must be stage numbers in {-num_stages}..{num_stages - 1} (the model has "
+                         f"{num_stages} stages), got {out_indices!r}")
+
+
 def create_head(in_chs: int, num_classes: int, global_pool: str, drop_rate: float, norm: bool) -> nn.Module:
     """timm's classifier head: pool -> (LayerNorm, with ``norm``) -> dropout -> linear."""
     if norm:
@@ -198,7 +231,7 @@ class AscanNet(nn.Module):
                  global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0):
         super().__init__()
         check_cfg(cfg)
-        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        img_size = check_model_args(num_classes, in_chans, img_size, drop_rate, drop_path_rate)
         self.cfg = cfg
         self.num_classes = num_classes
         self.drop_rate = drop_rate
@@ -396,6 +429,8 @@ def _create_ascan(variant: str, cfg: AscanCfg, pretrained: bool = False, model_c
         for letter, options in block_options.items():
             merged[letter] = {**merged.get(letter, {}), **options}
         cfg = replace(cfg, block_kwargs=merged)
+    if kwargs.get("features_only") and "out_indices" in kwargs:
+        check_out_indices(kwargs["out_indices"], len(cfg.stages))
     return build_model_with_cfg(
         model_cls, variant, pretrained, cfg=cfg,
         pretrained_filter_fn=checkpoint_filter_fn,

@@ -43,6 +43,9 @@ COATNET_CFGS = {
 }
 
 
+MODEL_OPTIONS = ("placement",)  # model kwargs _create_coatnet takes itself (ascan.model_kwargs lets them through)
+
+
 def _create_coatnet(variant: str, cfg: AscanCfg, pretrained: bool = False, placement: str | None = None,
                     **kwargs) -> AscanNet:
     """As :func:`ascan.models.ascan._create_ascan`; ``placement="post"`` switches every R block to the
@@ -78,4 +81,4 @@ def ascan_coatnet_3(pretrained: bool = False, **kwargs) -> AscanNet:
     return _create_coatnet("ascan_coatnet_3", COATNET_CFGS[3], pretrained, **kwargs)
 
 
-__all__ = ["COATNET_CFGS", "coatnet_layout"]
+__all__ = ["COATNET_CFGS", "MODEL_OPTIONS", "coatnet_layout"]

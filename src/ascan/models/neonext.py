@@ -29,7 +29,7 @@ from ascan.layers.neocell import NeoCellImpl, set_neocell_impl
 from ascan.layers.neonext_block import EARLY_STAGE_SIZES, LAST_STAGE_SIZES
 from ascan.models.ascan import INIT_STD, AscanCfg, AscanNet, _create_ascan
 
-__all__ = ["MODEL_CFGS", "NeoNeXt", "neonext_cfg"]
+__all__ = ["MODEL_CFGS", "MODEL_OPTIONS", "NeoNeXt", "neonext_cfg"]
 
 STEM_PATCH = 4  # space-to-depth: 3 -> 48 channels, /4 resolution
 DOWNSAMPLE = 2  # every stage after the first halves the resolution (NeoCell 2 -> 1)
@@ -74,6 +74,9 @@ class NeoNeXt(AscanNet):
     def set_neocell_impl(self, impl: NeoCellImpl) -> None:
         """Switch all NeoCells between the block-diagonal (fast) and patch (reference) forms."""
         set_neocell_impl(self, impl)
+
+
+MODEL_OPTIONS = ("neocell_impl", "ls_init_value")  # model kwargs _create_neonext takes itself (ascan.model_kwargs)
 
 
 def _create_neonext(variant: str, pretrained: bool = False, neocell_impl: NeoCellImpl | None = None,

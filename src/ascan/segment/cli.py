@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from ascan.paths import check_output_folder
 from ascan.runargs import EPOCH_SHORTCUTS, command_parser, resolve_run_config, run_training, train_subcommand
 
 DEFAULT_CONFIG = "segment_scenes.yaml"
@@ -96,6 +97,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     if not ALPHA_RANGE[0] <= args.alpha <= ALPHA_RANGE[1]:
         raise UserError(f"--alpha must be in [{ALPHA_RANGE[0]}, {ALPHA_RANGE[1]}], got {args.alpha}")
+    check_output_folder(args.out, "--out")
     files = image_files(args.images)
     trained = load_trained(args.run, prefer_ema=not args.no_ema)
     written = predict_files(trained, files, Path(args.out), _device(args.device), args.alpha, args.save_labels)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ascan import config as generic
-from ascan.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Range, setting, with_defaults
+from ascan.config import AT_LEAST_ONE, DROP_RATE, FRACTION, NON_NEGATIVE, Range, setting, with_defaults
 from ascan.data.scenes import SceneConfig
 from ascan.engine.settings import WORKERS_RANGE, EpochOptimSettings, EpochRunSettings
 from ascan.errors import UserError
@@ -64,7 +64,7 @@ class SegModelConfig:
     backbone: str = "ascan_nano"
     protocol: str = setting("smp", choices=PROTOCOLS)
     decoder_channels: int = setting(64, DECODER_CHANNELS_RANGE)
-    drop_path_rate: float = setting(0.0, FRACTION)
+    drop_path_rate: float = setting(0.0, DROP_RATE)
     # ascan_nano slimmed as for `ascan train` (16-32-64-128, C expansion 2): strides 2/4/8/16 on 128-px scenes.
     kwargs: dict[str, Any] = field(default_factory=lambda: {
         "widths": [16, 32, 64, 128], "stem_width": 16, "head_width": 128,

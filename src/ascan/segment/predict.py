@@ -23,8 +23,9 @@ from torchvision.utils import draw_segmentation_masks
 from ascan.atomic import atomic_write
 from ascan.data.coco import load_rgb
 from ascan.data.dense_transforms import to_float_image
-from ascan.engine import load_checkpoint, load_model_state, load_weights_file
+from ascan.engine import checkpoint_path, load_checkpoint, load_model_state, load_weights_file
 from ascan.errors import UserError
+from ascan.model_kwargs import check_config_model_kwargs
 from ascan.segment.config import SegmentConfig, config_from_dict
 from ascan.segment.data import pad_images
 from ascan.segment.model import Segmenter
@@ -55,7 +56,7 @@ def _from_safetensors(path: Path) -> tuple[dict, int, list[str]]:
         raise UserError(f"{path} has no '{CONFIG_METADATA_KEY}' metadata: not an 'ascan segment' export")
     try:
         return json.loads(meta[CONFIG_METADATA_KEY]), int(meta[NUM_CLASSES_KEY]), json.loads(meta[CLASS_NAMES_KEY])
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, RecursionError) as err:  # RecursionError: JSON nested too deeply
         raise UserError(f"{path}: unreadable segment metadata ({err})") from None
 
 
@@ -75,6 +76,7 @@ def load_trained(source: str | Path, prefer_ema: bool = True) -> TrainedSegmente
             raise UserError(f"{path} has no '{NUM_CLASSES_KEY}' entry: not an 'ascan segment' checkpoint")
         weights = state["ema"] if prefer_ema and state.get("ema") is not None else state["model"]
     cfg = config_from_dict(values)
+    check_config_model_kwargs(cfg, str(path if path.suffix == ".safetensors" else checkpoint_path(path)))
     names = tuple(str(n) for n in names) if len(names) == num_classes else tuple(map(str, range(num_classes)))
     model = create_segmenter(cfg, num_classes)
     load_model_state(model, weights, str(path))

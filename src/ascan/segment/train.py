@@ -20,6 +20,7 @@ from ascan.config import config_to_dict
 from ascan.engine import FitResult, Run, RunInfo, batches_per_epoch, build_optimizer, fit_run, open_run, seed_all
 from ascan.errors import UserError
 from ascan.layout import LayoutError
+from ascan.model_kwargs import check_model_kwargs
 from ascan.segment.config import SegmentConfig
 from ascan.segment.data import SegDataInfo, build_datasets
 from ascan.segment.model import Segmenter, build_segmenter
@@ -36,6 +37,7 @@ def create_segmenter(cfg: SegmentConfig, num_classes: int) -> Segmenter:
     model = cfg.model
     if not timm.is_model(model.backbone):
         raise UserError(f"model.backbone {model.backbone!r} is not a timm model (see timm.list_models())")
+    check_model_kwargs(model.backbone, model.kwargs)  # the backbone's own settings only: never a file to load
     kwargs = dict(model.kwargs)
     if model.drop_path_rate:
         kwargs["drop_path_rate"] = model.drop_path_rate

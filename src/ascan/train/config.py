@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ascan import config as generic
-from ascan.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Range, read_yaml, setting, with_defaults
+from ascan.config import AT_LEAST_ONE, DROP_RATE, FRACTION, NON_NEGATIVE, Range, read_yaml, setting, with_defaults
 from ascan.engine.settings import WORKERS_RANGE, EpochOptimSettings, EpochRunSettings
 
 DATASETS = ("fashion_mnist", "imagefolder")
@@ -47,8 +47,8 @@ class ModelConfig:
     """Any timm model name; ``kwargs`` go to ``timm.create_model`` (e.g. ``layout`` for AsCAN models)."""
 
     name: str = "ascan_nano"
-    drop_path_rate: float = setting(0.0, FRACTION)  # stochastic depth (paper: 0.3/0.4/0.5 for T/B/L on ImageNet)
-    drop_rate: float = setting(0.0, FRACTION)
+    drop_path_rate: float = setting(0.0, DROP_RATE)  # stochastic depth (paper: 0.3/0.4/0.5 for T/B/L on ImageNet)
+    drop_rate: float = setting(0.0, DROP_RATE)
     # Default: ascan_nano slimmed for a 2-core CPU budget (see configs/fashion_mnist.yaml for why).
     kwargs: dict[str, Any] = field(default_factory=lambda: {
         "widths": [16, 32, 64, 128], "stem_width": 16, "head_width": 128,

@@ -13,13 +13,16 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 import ascan  # noqa: F401  (registers ascan models in timm)
+from ascan.config import AT_LEAST_ONE
 from ascan.data.datasets import build_dataset
-from ascan.engine import DistInfo, load_checkpoint, load_model_state, load_weights_file, resolve_device
+from ascan.engine import DistInfo, checkpoint_path, load_checkpoint, load_model_state, load_weights_file, resolve_device
+from ascan.engine.runtime import DEVICE_NAME
 from ascan.errors import UserError
-from ascan.train.config import TrainConfig, config_from_dict
+from ascan.model_kwargs import check_config_model_kwargs, check_model_kwargs
+from ascan.train.config import IMAGE_SIZE_RANGE, TrainConfig, config_from_dict
 from ascan.train.metrics import evaluate
 from ascan.train.weights import create_model, resize_state_dict
 
@@ -30,15 +33,23 @@ def _config_from_safetensors(path: Path, model_name: str | None) -> TrainConfig:
     """The model and data settings a ``.safetensors`` export carries in its metadata."""
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist")
-    with safe_open(str(path), "pt") as fh:
-        meta = fh.metadata() or {}
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{path} is not a readable safetensors file ({err})") from None
     name = model_name or meta.get("model")
     if not name:
         raise UserError(f"{path} carries no model name; pass --model")
-    data = {"image_size": int(meta.get("image_size", 32)), "dataset": meta.get("dataset", "fashion_mnist"),
+    try:
+        kwargs = json.loads(meta.get("model_kwargs", "{}"))
+        image_size = int(meta.get("image_size", 32))
+    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
+        raise UserError(f"{path}: metadata model_kwargs / image_size unreadable") from None
+    check_model_kwargs(name, kwargs, f"{path} (metadata)", "model_kwargs")
+    data = {"image_size": image_size, "dataset": meta.get("dataset", "fashion_mnist"),
             "root": meta.get("data_root") or None, "eval_split": meta.get("eval_split", "test")}
-    return config_from_dict({"model": {"name": name, "kwargs": json.loads(meta.get("model_kwargs", "{}"))},
-                             "data": data})
+    return config_from_dict({"model": {"name": name, "kwargs": kwargs}, "data": data})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,10 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The numeric options' ranges and the device name, before any file is read."""
+    for flag, value, valid in (("--batch-size", args.batch_size, AT_LEAST_ONE),
+                               ("--image-size", args.image_size, IMAGE_SIZE_RANGE)):
+        if value is not None and value not in valid:
+            raise UserError(f"{flag} must be in {valid}, got {value}")
+    if args.device not in DEVICE_NAME:
+        raise UserError(f"--device must be {DEVICE_NAME}, got {args.device!r}")
+
+
 def _apply_data_flags(cfg: TrainConfig, args: argparse.Namespace) -> None:
     for flag, key in (("dataset", "dataset"), ("data_root", "root"), ("split", "eval_split"),
                       ("image_size", "image_size")):
-        if getattr(args, flag):
+        if getattr(args, flag) is not None:
             setattr(cfg.data, key, getattr(args, flag))
     cfg.data.eval_subset = None
 
@@ -72,6 +93,7 @@ def config_and_weights(args: argparse.Namespace) -> tuple[TrainConfig, dict[str,
     else:
         state = load_checkpoint(path)
         cfg = config_from_dict(state["config"])
+        check_config_model_kwargs(cfg, str(checkpoint_path(path)))
         weights = state["ema"] if not args.no_ema and state.get("ema") is not None else state["model"]
     _apply_data_flags(cfg, args)
     return cfg, weights
@@ -79,8 +101,7 @@ def config_and_weights(args: argparse.Namespace) -> tuple[TrainConfig, dict[str,
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_args(args)
     cfg, weights = config_and_weights(args)
     eval_set, info = build_dataset(cfg.data, cfg.aug, train=False)
     model = create_model(cfg, info)

@@ -16,7 +16,9 @@ from typing import Any
 
 from ascan.engine import checkpoint_path, load_checkpoint
 from ascan.errors import EXIT_INTERRUPTED
-from ascan.train.config import TrainConfig, load_config
+from ascan.model_kwargs import check_config_model_kwargs
+from ascan.paths import check_output_folder
+from ascan.train.config import TrainConfig, config_from_dict, load_config
 from ascan.train.loop import train
 
 FINETUNE_LR = 5e-5
@@ -62,6 +64,10 @@ def finetune_config(state: dict[str, Any], args: argparse.Namespace) -> TrainCon
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    cfg = finetune_config(load_checkpoint(args.checkpoint), args)
+    state = load_checkpoint(args.checkpoint)
+    # The checkpoint's own model kwargs, named as the file's (the final config's pass create_model's check).
+    check_config_model_kwargs(config_from_dict(state["config"]), str(checkpoint_path(args.checkpoint)))
+    cfg = finetune_config(state, args)
+    check_output_folder(cfg.output, "run folder")
     result = train(cfg, overwrite=args.overwrite)
     return 0 if result.completed else EXIT_INTERRUPTED

@@ -15,26 +15,34 @@ from ascan.data.datasets import DatasetInfo
 from ascan.engine.state import load_model_state, load_weights_file
 from ascan.errors import UserError
 from ascan.layout import LayoutError
+from ascan.model_kwargs import check_model_kwargs
 from ascan.train.config import TrainConfig
-
-# timm.create_model arguments that load or fetch weights: a config (possibly read from a checkpoint or a
-# safetensors header) must not choose files to load; starting weights come only through model.init_from.
-WEIGHT_LOADING_KWARGS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")
 
 
 def create_model(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
-    """``cfg.model.name`` from timm's registry (ascan models included) for the data set's classes/channels."""
-    if not timm.is_model(cfg.model.name):
-        raise UserError(f"unknown model {cfg.model.name!r} (see 'timm.list_models()' or 'ascan info')")
-    forbidden = sorted(set(cfg.model.kwargs) & set(WEIGHT_LOADING_KWARGS))
-    if forbidden:
-        raise UserError(f"model.kwargs may not set {', '.join(forbidden)}: start from weights with model.init_from")
+    """``cfg.model.name`` from timm's registry (ascan models included) for the data set's classes/channels.
+
+    ``model.kwargs`` pass :func:`ascan.model_kwargs.check_model_kwargs` first (the model's own settings only:
+    never a file for timm to load); starting weights come only through ``model.init_from``.
+    """
+    check_model_kwargs(cfg.model.name, cfg.model.kwargs)
     try:
-        return timm.create_model(cfg.model.name, pretrained=False, num_classes=info.num_classes,
-                                 in_chans=info.in_chans, drop_path_rate=cfg.model.drop_path_rate,
-                                 drop_rate=cfg.model.drop_rate, **cfg.model.kwargs)
+        model = timm.create_model(cfg.model.name, pretrained=False, num_classes=info.num_classes,
+                                  in_chans=info.in_chans, drop_path_rate=cfg.model.drop_path_rate,
+                                  drop_rate=cfg.model.drop_rate, **cfg.model.kwargs)
     except LayoutError as err:
         raise UserError(f"model.kwargs of {cfg.model.name}: {err}") from None
+    check_image_size(model, cfg.model.name, cfg.data.image_size)
+    return model
+
+
+def check_image_size(model: nn.Module, name: str, image_size: int) -> None:
+    """A model that checks its input's sides (ascan's: multiples of its reduction) refuses ``data.image_size``
+    here, before an epoch starts, instead of in its first forward."""
+    reduction = getattr(model, "reduction", None)
+    if getattr(model, "strict_input_size", False) and isinstance(reduction, int) and image_size % reduction:
+        raise UserError(f"data.image_size {image_size}: {name} needs a multiple of {reduction} (it downsamples "
+                        f"{reduction}x); e.g. {image_size + reduction - image_size % reduction}")
 
 
 def resize_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
