@@ -17,6 +17,7 @@ from ascan.layers.neocell import (
     neoinit_noise_std,
     skewed_identity,
     split_evenly,
+    tiled_bias,
 )
 
 FLOAT32_TOL = dict(rtol=1e-4, atol=1e-4)
@@ -210,6 +211,98 @@ def test_receptive_field_crosses_patches_with_shift():
         y = cell(x)
     assert y[0, 0, 4:, 4:].abs().sum() == 0  # shift 0: stays in its patch
     assert y[0, 1, 4, 4].abs() > 0  # shift 1: patch [1, 5) reaches row/col 4
+
+
+def subgroup_loop_dense_matrices(cell, height, width):
+    """The block-diagonal matrices built one (group, shift) subgroup at a time, as MultiNeoCell did before
+    issue 16 (a loop that dynamo unrolled): the reference for the one-gather build."""
+    lefts, rights, biases = [], [], []
+    for g, group in enumerate(cell.cells):
+        for i in range(len(cell.sub_group)):
+            if cell.sub_group[i] == g:
+                lo, hi, s = cell.sub_start[i], cell.sub_start[i] + cell.sub_count[i], cell.sub_shift[i]
+                lefts.append(block_diagonal(group.L[lo:hi], height, s))
+                rights.append(block_diagonal(group.R[lo:hi].transpose(-1, -2), width, s).transpose(-1, -2))
+                bias = group.bias if group.bias is not None else torch.zeros_like(group.L)
+                biases.append(tiled_bias(bias[lo:hi], height, width, s))
+    has_bias = any(group.bias is not None for group in cell.cells)
+    return torch.cat(lefts), torch.cat(rights), torch.cat(biases) if has_bias else None
+
+
+@given(
+    channels=st.integers(1, 20),
+    sizes=st.lists(st.integers(1, 7), min_size=1, max_size=3),
+    shift=st.booleans(),
+    height=st.integers(1, 16), width=st.integers(1, 16),
+    bias=st.sampled_from(["none", "all", "first"]),
+    seed=st.integers(0, 2**16),
+)
+@FAST
+def test_one_gather_dense_matrices_equal_subgroup_loop_exactly(channels, sizes, shift, height, width, bias, seed):
+    sizes = sizes[:channels]
+    torch.manual_seed(seed)
+    cell = MultiNeoCell(channels, sizes, shift=shift, bias=bias == "all").double()
+    if bias == "first":  # only the first group has a bias (a mixed layer): the others add zeros
+        cell.cells[0].bias = torch.nn.Parameter(torch.zeros_like(cell.cells[0].L))
+    with torch.no_grad():
+        for group in cell.cells:
+            if group.bias is not None:
+                group.bias.normal_()
+        got, want = cell.dense_matrices(height, width), subgroup_loop_dense_matrices(cell, height, width)
+        for g, w in zip(got, want, strict=True):
+            assert (g is None) == (w is None)
+            if w is not None:
+                assert torch.equal(g, w)  # same entries gathered, same 0/1 mask: bit for bit
+        x = torch.randn(2, channels, height, width, dtype=torch.float64)
+        torch.testing.assert_close(cell.forward_blockdiag(x), cell.forward_patches(x))
+
+
+def test_grid_tables_are_non_persistent_buffers():
+    cell = MultiNeoCell(10, (3, 4), shift=True)
+    assert set(cell.state_dict()) == {"cells.0.L", "cells.0.R", "cells.1.L", "cells.1.R"}
+    assert cell.cell_size.tolist() == [3] * 5 + [4] * 5
+    # group 3x3: subgroups of 1, 1, 3 channels, shifts 0, 1, 2 -> phase (3 - s) % 3
+    assert cell.cell_phase.tolist() == [0, 2, 1, 1, 1] + [0, 3, 2, 1, 1]
+    half = MultiNeoCell(10, (3, 4)).half()
+    assert half.cell_size.dtype == torch.long and half.cells[0].L.dtype == torch.float16
+
+
+def test_multineocell_gradcheck_blockdiag():
+    torch.manual_seed(0)
+    cell = MultiNeoCell(5, (2, 3), shift=True, bias=True).double()
+    x = torch.randn(1, 5, 5, 4, dtype=torch.float64, requires_grad=True)
+    names, params = zip(*cell.named_parameters(), strict=True)
+
+    def run(inp, *weights):  # forward = the block-diagonal form (the default impl)
+        return torch.func.functional_call(cell, dict(zip(names, weights, strict=True)), (inp,))
+
+    assert torch.autograd.gradcheck(run, (x, *params))
+
+
+def test_graph_size_does_not_grow_with_the_number_of_subgroups():
+    """Issue 16: dynamo unrolled the subgroup loop, ~28 graph nodes per (group, shift) subgroup
+    (11 for NeoNeXt's 4x4 + 7x7 shifted layer). Now the layer is one gather per matrix."""
+    x = torch.randn(1, 24, 14, 14)
+    nodes = {}
+    for name, sizes, shift in (("one", (7,), False), ("eleven", (4, 7), True)):
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(MultiNeoCell(24, sizes, shift=shift).eval())(x)
+        assert explained.graph_count == 1 and explained.graph_break_count == 0
+        nodes[name] = len(explained.graphs[0].graph.nodes)
+    torch._dynamo.reset()
+    assert nodes["eleven"] <= nodes["one"] + 6  # only the padding/concatenation of the two groups' weights
+    assert nodes["eleven"] < 60  # was 318 with the per-subgroup loop
+
+
+def test_compiled_multineocell_follows_new_sizes_without_graph_breaks():
+    torch._dynamo.reset()
+    cell = MultiNeoCell(12, (4, 7), shift=True, bias=True).eval()
+    compiled = torch.compile(cell, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        for side in (9, 14, 17):  # the second new size runs the dynamic-shape graph
+            x = torch.randn(2, 12, side, side + 3)
+            torch.testing.assert_close(compiled(x), cell.forward_patches(x), **FLOAT32_TOL)
+    torch._dynamo.reset()
 
 
 # ---------------------------------------------------------------- NeoInit (Algorithm 1)

@@ -242,3 +242,15 @@ def test_n_letter_inside_an_ascan_layout():
     model(x).logsumexp(-1).sum().backward()
     for block in blocks:
         assert all(c.L.grad is not None and c.L.grad.abs().sum() > 0 for c in block.neocell.cells)
+
+
+def test_compiles_as_one_small_graph():
+    """Issue 16: the NeoCell subgroup loop made NeoNeXt's dynamo graph ~4x larger (1231 nodes for
+    N1-N1-N1-N1, 5329 for NeoNeXt-T); one gather per NeoCell matrix leaves 419 / 1261."""
+    model = timm.create_model("neonext_tiny", layout="N1-N1-N1-N1", widths=(16, 24, 32, 40), num_classes=5).eval()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        result = torch._dynamo.explain(model)(torch.randn(1, 3, 64, 64))
+    torch._dynamo.reset()
+    assert result.graph_count == 1 and result.graph_break_count == 0, [r.reason for r in result.break_reasons]
+    assert len(result.graphs[0].graph.nodes) < 500

@@ -1,16 +1,17 @@
 """ONNX export through the dynamo exporter, and the checks every export ends with.
 
-Export (``torch.onnx.export(..., dynamo=True)``) runs under :func:`export_mode`:
+Export (``torch.onnx.export(..., dynamo=True)``) runs under :func:`export_mode`, for **whole-bias
+attention**: ``rel_pos_attention`` picks its path in Python: ``torch.jit.is_scripting()`` is ``False`` under
+``torch.export`` and a static spatial size is a plain int, so a map above the bias budget would take the
+query-chunk path, a Python loop the exporter unrolls into one slice-and-write per chunk. The budget is lifted
+while exporting, so every map exports as one gather of the ``(heads, N, N)`` bias and one attention. (A
+*dynamic* height/width always takes the whole-bias path, budget or not: ``ascan.layers.rel_pos.size_is_traced``.)
 
-* **whole-bias attention.** ``rel_pos_attention`` picks its path in Python: ``torch.jit.is_scripting()`` is
-  ``False`` under ``torch.export`` and the spatial size is static, so a map above the bias budget would take
-  the query-chunk path, a Python loop the exporter unrolls into one slice-and-write per chunk. The budget is
-  lifted while exporting, so every map exports as one gather of the ``(heads, N, N)`` bias and one attention.
-* **PyTorch's math SDPA kernel.** On the CPU the fused SDPA kernel returns its output in ``(B, N, H, D)``
-  memory order, so ``merge_heads``' reshape is traced as a view; when the exporter re-traces the graph for
-  its decompositions, SDPA's output comes back in contiguous ``(B, H, N, D)`` order and that view fails
-  ("Cannot view a tensor with shape ..."; torch 2.14). Tracing with the math kernel records the copy the
-  reshape needs. SDPA itself is exported as the same ONNX either way.
+Nothing else is needed any more for the exporter to trace ascan models: ``merge_heads`` copies SDPA's output
+into ``(B, N, H, D)`` order explicitly (it used to be a reshape traced as a view that the exporter's
+decomposition could not replay: "Cannot view a tensor with shape ...", torch 2.14), and the relative-position
+tables are resized and indexed by tensor ops on the traced size when the height/width is dynamic, so a graph
+exported with dynamic H/W matches eager PyTorch at other sizes too (``tests/test_client_export.py``).
 
 The graph is then optimised with a cap on constant folding (:data:`FOLD_OUTPUT_LIMIT`): the bias of every
 attention map is a function of its small table and constant indices, and unbounded folding would store each
@@ -22,18 +23,16 @@ Checks, on the temporary file before it replaces ``--out`` (:func:`ascan.atomic.
 (full), no cubic ``Resize`` in the graph, the file size against the parameter bytes, and onnxruntime against
 PyTorch on random inputs (max abs / rel error) with both engines' img/s.
 
-timm's own exporter reaches ascan models once ``ascan`` is imported (that registers them in timm).
-``timm.utils.onnx.onnx_export`` and timm's ``onnx_export.py`` script (in the timm repository) use the
-TorchScript exporter by default, which needs nothing more; their dynamo path (``use_dynamo=True``, script
-flag ``--dynamo``) fails with the view error above unless the call runs under :func:`export_mode`::
+timm's own exporter reaches ascan models once ``ascan`` is imported (that registers them in timm):
+``timm.utils.onnx.onnx_export`` and timm's ``onnx_export.py`` script (in the timm repository), with the
+TorchScript exporter (their default) or the dynamo one (``use_dynamo=True``, script flag ``--dynamo``), with no
+wrapper::
 
     import timm, ascan
-    from ascan.export import export_mode
     from timm.utils.onnx import onnx_export
 
     model = timm.create_model("ascan_tiny").eval()
-    with export_mode():
-        onnx_export(model, "ascan_tiny.onnx", use_dynamo=True, check_forward=True)
+    onnx_export(model, "ascan_tiny.onnx", use_dynamo=True, check_forward=True)
 
 The script builds its model with ``pretrained=True`` unless given ``--checkpoint``, and ascan ships no
 weights, so pass a state-dict file (e.g. one ``ascan.models.ascan.save_weights`` wrote). Run it from a
@@ -42,15 +41,15 @@ file that imports ascan first, e.g. ``python - OUT.onnx -m ascan_tiny --checkpoi
 
     import runpy
     import ascan  # noqa: F401  (registers the models in timm)
-    from ascan.export import export_mode
 
-    with export_mode():
-        runpy.run_path("onnx_export.py", run_name="__main__")
+    runpy.run_path("onnx_export.py", run_name="__main__")
 
-What those paths do not do: timm builds the model at its default size, so another ``--img-size`` leaves the
-tables' bicubic interpolation in the graph (a cubic ``Resize``, which onnxruntime computes up to 1.7e-5 away
-from PyTorch on a unit-scale table), and the dynamo path folds constants without :data:`FOLD_OUTPUT_LIMIT`
-(ascan_tiny at 224: 1.01x the parameter bytes, the small S4 biases stored). Neither runs the checks here.
+What those paths do not do: timm builds the model at its default size, so another ``--img-size`` resizes
+the tables in the graph: the TorchScript path as two small matrix products per table (the same bicubic
+weights as PyTorch, computed from the traced size), the dynamo path at a static size as a cubic ``Resize``
+(which onnxruntime computes up to 1.7e-5 away from PyTorch on a unit-scale table); the dynamo path folds
+constants without :data:`FOLD_OUTPUT_LIMIT` (ascan_tiny at 224: 1.01x the parameter bytes, the small S4 biases
+stored). Neither runs the checks here.
 """
 
 from __future__ import annotations
@@ -67,7 +66,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ascan.atomic import atomic_write
 from ascan.errors import UserError
@@ -157,11 +155,10 @@ class ExportReport:
 
 @contextmanager
 def export_mode() -> Iterator[None]:
-    """Whole-bias relative attention and PyTorch's math SDPA kernel while tracing (see the module docstring)."""
+    """Whole-bias relative attention while tracing at a static size (see the module docstring)."""
     previous = set_bias_memory_budget(dense_max_pairs=sys.maxsize)
     try:
-        with sdpa_kernel(SDPBackend.MATH):
-            yield
+        yield
     finally:
         set_bias_memory_budget(*previous)
 

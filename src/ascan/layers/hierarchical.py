@@ -14,6 +14,7 @@ from timm.layers import Attention, DropPath, Mlp, register_notrace_module
 from torch import nn
 
 from ascan.layers.attention import heads_of
+from ascan.layers.fx import fx_leaf_call, is_fx_proxy
 from ascan.layers.registry import register_block
 from ascan.layers.shortcut import Shortcut
 
@@ -50,6 +51,9 @@ class HierarchicalAttention(nn.Module):
         self.local = _PreNormAttnMlp(out_chs, head_dim, drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # FX (any tracer, torchvision's too): one call_module node
+            if is_fx_proxy(x):
+                return fx_leaf_call(self, x)
         x = self.down(x)
         b, c, h, w = x.shape
         (wh, ww) = self.window

@@ -14,6 +14,7 @@ from timm.models.maxxvit import MaxxVitTransformerCfg, PartitionAttention2d
 from torch import nn
 
 from ascan.layers.attention import heads_of
+from ascan.layers.fx import fx_leaf_call, is_fx_proxy
 from ascan.layers.registry import register_block
 from ascan.layers.shortcut import Shortcut
 
@@ -36,6 +37,9 @@ class MultiAxisAttention(nn.Module):
         self.grid_attn = PartitionAttention2d(out_chs, "grid", cfg, drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # FX (any tracer, torchvision's too): one call_module node
+            if is_fx_proxy(x):
+                return fx_leaf_call(self, x)
         x = self.down(x)
         h, w = x.shape[-2:]
         pad_h, pad_w = (-h) % self.window[0], (-w) % self.window[1]

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch import nn
 
+from ascan.layers.fx import fx_leaf_call, is_fx_proxy
+
 NeoCellImpl = Literal["blockdiag", "patch"]
 NEOCELL_IMPLS: tuple[str, ...] = ("blockdiag", "patch")
 
@@ -108,7 +110,7 @@ def block_diagonal(weight: torch.Tensor, size_in: int, shift: int = 0) -> torch.
     Returns ``(C, size_out, size_in)`` with ``A[c] = diag(W_c, W_c, ...)``. Non-square blocks need
     ``size_in % cols == 0`` and ``shift == 0`` (``size_out = size_in // cols * rows``); square
     blocks take any size and shift (``size_out = size_in``, border patches cropped, see module doc).
-    The right matrix of ``X @ B`` is ``block_diagonal(R.mT, W).mT``.
+    The right matrix of ``X @ B`` is ``block_diagonal(R.transpose(-1, -2), W).transpose(-1, -2)``.
     """
     rows, cols = weight.shape[-2:]
     device = weight.device
@@ -139,7 +141,14 @@ def tiled_bias(bias: torch.Tensor, size_h: int, size_w: int, shift: int = 0) -> 
 def _left_right_matmul(a: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a[c] @ x[n, c] @ b[c]`` for all n, c. Einsum (one bmm per product, batched over c) rather
     than ``torch.matmul``, whose broadcasting materialises ``a`` and ``b`` once per sample."""
-    return torch.einsum("cij,ncjl->ncil", a, torch.einsum("ncjk,ckl->ncjl", x, b))
+    y = torch.einsum("cij,ncjl->ncil", a, torch.einsum("ncjk,ckl->ncjl", x, b))
+    if not torch.jit.is_scripting():
+        if torch.compiler.is_exporting():
+            # einsum's output is (C, N, H, W) in memory; with a symbolic batch and H/W torch.export's stride
+            # rules specialise the next elementwise op (BatchNorm) to batch > 1. A copy in NCHW order is
+            # traced instead (export only: eager and torch.compile keep einsum's layout).
+            y = y.contiguous()
+    return y
 
 
 def neocell_blockdiag(
@@ -147,7 +156,8 @@ def neocell_blockdiag(
 ) -> torch.Tensor:
     """Block-diagonal form (§3.4): ``Y_c = A_c X_c B_c`` as two batched matmuls on NCHW."""
     a = block_diagonal(left, x.shape[-2], shift)
-    b = block_diagonal(right.mT, x.shape[-1], shift).mT
+    # transpose(-1, -2), not .mT: aten::mT has no symbolic in the TorchScript ONNX exporter (timm's default)
+    b = block_diagonal(right.transpose(-1, -2), x.shape[-1], shift).transpose(-1, -2)
     y = _left_right_matmul(a, x, b)
     if bias is not None:
         y = y + tiled_bias(bias, y.shape[-2], y.shape[-1], shift)
@@ -260,6 +270,9 @@ class NeoCell(nn.Module):
         return neocell_blockdiag(x, self.L, self.R, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # FX (any tracer, torchvision's too): one call_module node
+            if is_fx_proxy(x):
+                return fx_leaf_call(self, x)
         if self.impl == "patch":
             return self.forward_patches(x)
         return self.forward_blockdiag(x)
@@ -301,6 +314,7 @@ class MultiNeoCell(nn.Module):
             raise ValueError(f"{channels} channels cannot be split into {len(sizes)} groups")
         self.channels = channels
         self.sizes = tuple(int(k) for k in sizes)
+        self.max_size = max(self.sizes)
         self.shift = shift
         self.impl = _check_impl(impl)
         self.group_channels = split_evenly(channels, len(self.sizes))
@@ -322,6 +336,40 @@ class MultiNeoCell(nn.Module):
                     self.sub_count.append(n)
                     self.sub_shift.append(s)
                 start += n
+        # Per-channel patch grid for the block-diagonal form, built once: channel c sits in a group of
+        # k x k matrices whose grid is shifted by s, i.e. position p has patch offset (p + (k - s) % k) % k.
+        # One gather over all channels then replaces a loop over the (group, shift) subgroups, which
+        # dynamo unrolled into ~28 graph nodes per subgroup (issue 16). Non-persistent: not in state_dict.
+        # Built from Python ints only (no tensor is read back), so a meta-device build works; see
+        # init_non_persistent_buffers for the refill after ``to_empty``.
+        for name, values in self._index_tables().items():
+            self.register_buffer(name, torch.tensor(values, dtype=torch.long), persistent=False)
+
+    def _index_tables(self) -> dict[str, list[int]]:
+        """Values of the non-persistent index buffers, from the layer's configuration (Python ints)."""
+        cell_size: list[int] = []
+        cell_phase: list[int] = []
+        for g, n, s in zip(self.sub_group, self.sub_count, self.sub_shift, strict=True):
+            k = self.sizes[g]
+            cell_size += [k] * n
+            cell_phase += [(k - s) % k] * n
+        return {"cell_size": cell_size, "cell_phase": cell_phase, "channel_index": list(range(self.channels))}
+
+    @torch.no_grad()
+    def init_non_persistent_buffers(self) -> None:
+        """Refill the index buffers (timm's convention, ``timm.models.reinit_non_persistent_buffers``): they are
+        not in the state dict, so a model built on the meta device and then ``to_empty``'d would keep garbage."""
+        for name, values in self._index_tables().items():
+            buffer = getattr(self, name)
+            if buffer.device.type != "meta":
+                buffer.copy_(torch.tensor(values, dtype=buffer.dtype, device=buffer.device))
+
+    def _apply(self, fn, *args, **kwargs):
+        # ``to_empty`` (meta-device construction: torch.device("meta"), accelerate's init_empty_weights with
+        # buffers) replaces every buffer by uninitialised memory and load_state_dict cannot restore these.
+        module = super()._apply(fn, *args, **kwargs)
+        self.init_non_persistent_buffers()
+        return module
 
     def extra_repr(self) -> str:
         return f"{self.channels}, sizes={self.sizes}, groups={self.group_channels}, shift={self.shift}"
@@ -339,22 +387,52 @@ class MultiNeoCell(nn.Module):
                     outs.append(neocell_patches(xs[i], cell.L[lo:hi], cell.R[lo:hi], bias, self.sub_shift[i]))
         return torch.cat(outs, dim=1)
 
+    def _grid(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per channel, for positions ``0..size-1``: (patch id, offset inside the patch), ``(C, size)``
+        each; :func:`_grid_index` for all subgroups at once."""
+        pos = torch.arange(size, device=self.cell_phase.device)[None, :] + self.cell_phase[:, None]
+        k = self.cell_size[:, None]
+        return torch.div(pos, k, rounding_mode="floor"), pos % k
+
+    def _stacked(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Per-group ``(c_g, k_g, k_g)`` tensors zero-padded to the largest ``k`` and stacked over channels."""
+        side = self.max_size
+        padded: list[torch.Tensor] = []
+        for t in tensors:
+            padded.append(t if t.shape[-1] == side else F.pad(t, (0, side - t.shape[-1], 0, side - t.shape[-2])))
+        return padded[0] if len(padded) == 1 else torch.cat(padded)
+
     def dense_matrices(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The whole layer as block-diagonal ``A (C, H, H)``, ``B (C, W, W)`` and bias ``(C, H, W)``."""
+        """The whole layer as block-diagonal ``A (C, H, H)``, ``B (C, W, W)`` and bias ``(C, H, W)``.
+
+        ``A[c, i, j] = L_c[off_c(i), off_c(j)]`` where rows ``i`` and ``j`` fall in the same patch of
+        channel ``c``'s (shifted) grid, else 0 (:func:`block_diagonal`, all channels in one gather);
+        ``B`` likewise from ``R_c``, the bias ``b_c[off_c(i), off_c(j)]`` (:func:`tiled_bias`).
+        """
+        blk_h, off_h = self._grid(height)
+        blk_w, off_w = self._grid(width)
+        channel = self.channel_index[:, None, None]
         lefts: list[torch.Tensor] = []
         rights: list[torch.Tensor] = []
-        biases: list[torch.Tensor] = []
-        for g, cell in enumerate(self.cells):
-            for i in range(len(self.sub_group)):
-                if self.sub_group[i] == g:
-                    lo, hi, s = self.sub_start[i], self.sub_start[i] + self.sub_count[i], self.sub_shift[i]
-                    lefts.append(block_diagonal(cell.L[lo:hi], height, s))
-                    rights.append(block_diagonal(cell.R[lo:hi].mT, width, s).mT)
-                    bias = cell.bias
-                    if bias is not None:
-                        biases.append(tiled_bias(bias[lo:hi], height, width, s))
-        full_bias = torch.cat(biases) if len(biases) > 0 else None
-        return torch.cat(lefts), torch.cat(rights), full_bias
+        with_bias = 0
+        for cell in self.cells:
+            lefts.append(cell.L)
+            rights.append(cell.R)
+            if cell.bias is not None:
+                with_bias += 1
+        left, right = self._stacked(lefts), self._stacked(rights)
+        same_h = (blk_h[:, :, None] == blk_h[:, None, :]).to(left.dtype)
+        same_w = (blk_w[:, :, None] == blk_w[:, None, :]).to(right.dtype)
+        a = left[channel, off_h[:, :, None], off_h[:, None, :]] * same_h
+        b = right[channel, off_w[:, :, None], off_w[:, None, :]] * same_w
+        full_bias: torch.Tensor | None = None
+        if with_bias > 0:  # a group without a bias (none after fold_batchnorm_) adds zeros
+            biases: list[torch.Tensor] = []
+            for group in self.cells:
+                bias = group.bias
+                biases.append(group.L.new_zeros(group.channels, group.h_out, group.w_out) if bias is None else bias)
+            full_bias = self._stacked(biases)[channel, off_h[:, :, None], off_w[:, None, :]]
+        return a, b, full_bias
 
     def forward_blockdiag(self, x: torch.Tensor) -> torch.Tensor:
         a, b, bias = self.dense_matrices(x.shape[-2], x.shape[-1])
@@ -364,6 +442,9 @@ class MultiNeoCell(nn.Module):
         return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # FX (any tracer, torchvision's too): one call_module node
+            if is_fx_proxy(x):
+                return fx_leaf_call(self, x)
         if x.shape[1] != self.channels:
             raise ValueError(f"MultiNeoCell expects {self.channels} channels, got {x.shape[1]}")
         if self.impl == "patch":
@@ -378,11 +459,15 @@ def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def fold_batchnorm_(cell: NeoCell | MultiNeoCell, bn: nn.BatchNorm2d) -> None:
-    """Fold an eval-mode ``BatchNorm2d`` that follows ``cell`` into it (in place).
+def fold_batchnorm_(cell: NeoCell | MultiNeoCell, bn: nn.BatchNorm2d, with_shift: bool = True) -> torch.Tensor:
+    """Fold an eval-mode ``BatchNorm2d`` that follows ``cell`` into it (in place); returns BN's shift ``t``.
 
-    ``BN(L X R + b) = (s L) X R + (s b + t)`` per channel, so ``L`` is scaled and a bias is created
-    if needed; the paper prefers BN over LN for exactly this (§4).
+    ``BN(L X R + b) = (s L) X R + (s b + t)`` per channel, so ``L`` (and any bias) is scaled and, with
+    ``with_shift``, ``t`` is added to the per-patch bias, which is created if needed; the paper prefers BN over
+    LN for exactly this (§4). A created bias holds ``h_out * w_out`` values per channel where the BatchNorm had
+    2 parameters, so a caller that can put ``t`` elsewhere (the next 1x1 convolution's bias: see
+    ``NeoNeXtBlock.reparameterize``) passes ``with_shift=False`` and adds the returned ``t`` there itself:
+    fusion must never grow a model.
     """
     scale, shift = _bn_scale_shift(bn)
     cells = list(cell.cells) if isinstance(cell, MultiNeoCell) else [cell]
@@ -390,10 +475,14 @@ def fold_batchnorm_(cell: NeoCell | MultiNeoCell, bn: nn.BatchNorm2d) -> None:
     for c in cells:
         s, t = scale[start : start + c.channels], shift[start : start + c.channels]
         c.L.mul_(s[:, None, None])
-        if c.bias is None:
-            c.bias = nn.Parameter(torch.zeros(c.channels, c.h_out, c.w_out, dtype=c.L.dtype, device=c.L.device))
-        c.bias.mul_(s[:, None, None]).add_(t[:, None, None])
+        if c.bias is not None:
+            c.bias.mul_(s[:, None, None])
+        if with_shift:
+            if c.bias is None:
+                c.bias = nn.Parameter(torch.zeros(c.channels, c.h_out, c.w_out, dtype=c.L.dtype, device=c.L.device))
+            c.bias.add_(t[:, None, None])
         start += c.channels
+    return shift
 
 
 def set_neocell_impl(module: nn.Module, impl: NeoCellImpl) -> nn.Module:

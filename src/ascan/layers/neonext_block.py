@@ -118,10 +118,28 @@ class NeoNeXtBlock(nn.Module):
 
     @torch.no_grad()
     def reparameterize(self) -> None:
-        """Fold the BatchNorm into the NeoCell (bias added) for inference (timm ``reparameterize_model``)."""
-        if isinstance(self.norm, nn.BatchNorm2d):
-            fold_batchnorm_(self.neocell, self.norm)
-            self.norm = nn.Identity()
+        """Fold the BatchNorm for inference (timm ``reparameterize_model``): its scale into the NeoCell, its
+        shift ``t`` into the bias of the MLP's first 1x1 convolution (``fc1(y + t) = fc1(y) + W t``), so the
+        block loses BN's parameters and gains none. (A per-patch NeoCell bias would add ``k*k`` values per
+        channel: neonext_tiny grew from 27.61M to 27.85M parameters that way.) Without a plain biased ``fc1``
+        the shift goes to the NeoCell's bias."""
+        if not isinstance(self.norm, nn.BatchNorm2d):
+            return
+        fc1 = getattr(self.mlp, "fc1", None)
+        into_fc1 = (
+            type(fc1) is nn.Conv2d
+            and fc1.bias is not None
+            and fc1.kernel_size == (1, 1)
+            and fc1.stride == (1, 1)
+            and fc1.padding == (0, 0)
+            and fc1.groups == 1
+            and isinstance(getattr(self.mlp, "norm", None), nn.Identity)
+        )
+        shift = fold_batchnorm_(self.neocell, self.norm, with_shift=not into_fc1)
+        if into_fc1:
+            weight = fc1.weight.flatten(1).to(torch.float64)
+            fc1.bias.add_((weight @ shift.to(torch.float64)).to(fc1.bias.dtype))
+        self.norm = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.transition(x)

@@ -28,6 +28,10 @@ from ascan.layers.registry import register_block
 from ascan.layers.rel_pos import RelPosBiasTable
 from ascan.layers.shortcut import Shortcut
 
+# Every FX tracer (torchvision's create_feature_extractor too, not only timm's, which knows the function
+# from register_notrace_function) records the attention as one call: its path choice reads shapes.
+torch.fx.wrap("rel_pos_attention")
+
 HEAD_DIM = 32
 MLP_RATIO = 4.0
 KernelPlacement = Literal["pre", "post"]

@@ -27,8 +27,12 @@ def relative_position_index(height: int, width: int,
     Token ``n`` sits at ``(n // W, n % W)``; the offset ``(yq - yk, xq - xk)`` is shifted by
     ``(H-1, W-1)`` to be non-negative.
     """
-    ys = torch.arange(height, device=device).repeat_interleave(width)
-    xs = torch.arange(width, device=device).repeat(height)
+    # From the flat token index rather than arange(H).repeat_interleave(W) / arange(W).repeat(H): the same
+    # values, and the dynamo ONNX exporter translates those two wrongly for a symbolic H/W (a Concat of
+    # mismatched shapes in onnxruntime).
+    tokens = torch.arange(height * width, device=device)
+    ys = torch.div(tokens, width, rounding_mode="floor")
+    xs = tokens - ys * width  # not tokens % width: aten.remainder.Scalar with a SymInt fails in the exporter
     dy = ys[:, None] - ys[None, :] + (height - 1)
     dx = xs[:, None] - xs[None, :] + (width - 1)
     return dy, dx
@@ -56,12 +60,72 @@ def gather_rel_pos_bias(table: torch.Tensor, size: tuple[int, int], start: int, 
     return table.flatten(1)[:, index]
 
 
+BICUBIC_A = -0.75  # PyTorch's (and ONNX Resize's default for PyTorch exports) cubic convolution coefficient
+
+
+def _cubic_near(x: torch.Tensor) -> torch.Tensor:
+    """Cubic convolution weight at a distance ``|x| <= 1`` (PyTorch's ``cubic_convolution1``)."""
+    return ((BICUBIC_A + 2) * x - (BICUBIC_A + 3)) * x * x + 1
+
+
+def _cubic_far(x: torch.Tensor) -> torch.Tensor:
+    """Cubic convolution weight at a distance ``1 < |x| < 2`` (PyTorch's ``cubic_convolution2``)."""
+    return ((BICUBIC_A * x - 5 * BICUBIC_A) * x + 8 * BICUBIC_A) * x - 4 * BICUBIC_A
+
+
+def bicubic_resize_matrix(size_in: int, size_out: int, device: torch.device | None = None) -> torch.Tensor:
+    """``(size_out, size_in)`` matrix ``M`` with ``M @ v`` = ``F.interpolate(v, size_out, mode="bicubic",
+    align_corners=True)`` along one axis (PyTorch's sampling: source ``o * (in-1)/(out-1)``, border clamped).
+
+    Built from tensor ops on ``size_out`` only, so a trace (TorchScript's ``torch.jit.trace`` behind the
+    legacy ONNX exporter, ``torch.export`` with a symbolic size) records the resize for *any* output size
+    instead of freezing the Python decision "same size, no resize". At ``size_out == size_in`` it is the
+    identity exactly (every source lands on a grid point, weights ``(0, 1, 0, 0)``).
+    """
+    out_index = torch.arange(size_out, device=device, dtype=torch.float32)
+    steps = torch.clamp(torch.ones((), device=device) * (size_out - 1), min=1)  # one output: source 0
+    source = out_index * ((size_in - 1) / steps)  # scale first, as PyTorch computes it
+    base = torch.floor(source)
+    t = source - base
+    weights = (_cubic_far(t + 1), _cubic_near(t), _cubic_near(1 - t), _cubic_far(2 - t))
+    columns = torch.arange(size_in, device=device)
+    matrix = torch.zeros((), device=device)
+    for k, weight in enumerate(weights):
+        index = torch.clamp(base.long() + (k - 1), 0, size_in - 1)
+        matrix = matrix + weight[:, None] * (index[:, None] == columns[None, :]).float()
+    return matrix
+
+
+def size_is_traced(size: tuple[int, int]) -> bool:
+    """Whether a tracer follows this map size into the graph it records, so a Python decision on its value
+    would be frozen: always under ``torch.jit.trace`` (the legacy ONNX exporter; there the sizes are 0-d
+    tensors, and whether the axes are dynamic is not known while tracing), and under ``torch.export`` when a
+    height or width is a symbolic ``SymInt`` (a dynamic H/W). Not under ``torch.compile``: its guards
+    recompile when a size decision changes, so it keeps the eager paths (chunked attention on large maps)."""
+    if torch.jit.is_tracing():
+        return True
+    if not torch.compiler.is_exporting():
+        return False
+    return any(isinstance(v, torch.SymInt) and not v.node.is_constant() for v in size)
+
+
 def resize_rel_pos_table(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize a ``(heads, 2H-1, 2W-1)`` table to the map size ``(h, w)``: bicubic in offset space.
 
     ``align_corners=True`` keeps offset 0 at the centre and the extreme offsets at the edges, so
     offsets scale linearly with the map. The same size returns the table itself (exact identity).
+
+    Under a trace whose sizes are followed (legacy ONNX export, ``torch.export`` with a dynamic height/width)
+    the resize is two matrix products with :func:`bicubic_resize_matrix` instead, computed from the traced
+    size, so the exported graph is right at every input size (not only the export size; before, a legacy
+    ONNX export with dynamic H/W was silently wrong below the export size and failed above it).
     """
+    if not torch.jit.is_scripting():
+        if size_is_traced(size):
+            rows = bicubic_resize_matrix(table.shape[-2], 2 * size[0] - 1, table.device)
+            cols = bicubic_resize_matrix(table.shape[-1], 2 * size[1] - 1, table.device)
+            resized = torch.matmul(torch.matmul(rows, table.float()), cols.transpose(0, 1))
+            return resized.to(table.dtype)
     target_h, target_w = 2 * size[0] - 1, 2 * size[1] - 1
     if table.shape[-2] == target_h and table.shape[-1] == target_w:
         return table

@@ -5,6 +5,11 @@
 * ``"patch"``: space-to-depth by the stride (3 -> 48 channels for a stride of 4), a 1x1 convolution
   and BN (NeoNeXt, seed 002 §4). Space-to-depth + 1x1 conv equals a ``stride x stride`` patchify conv;
   sides that are not multiples of the stride are zero-padded at the bottom/right.
+
+A stem built with ``input_multiple > 0`` refuses inputs whose sides are not multiples of it (the model's
+reduction: :func:`check_input_size`). The stem is the first module on every path through a model
+(``forward``, ``forward_features``, ``forward_intermediates``, timm's ``features_only`` wrappers, FX
+feature extractors), so the size rule is the same on all of them.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import nn
 
 from ascan.layers.conv_bn import ConvBN, fold_conv_bn
@@ -20,29 +26,49 @@ from ascan.layers.conv_bn import ConvBN, fold_conv_bn
 StemKind = Literal["conv", "patch"]
 
 
+@torch.fx.wrap  # one call_function node under any FX tracer (torchvision's included): shapes are proxies there
+@register_notrace_function  # ... and under timm's
+def check_input_size(x: torch.Tensor, reduction: int) -> torch.Tensor:
+    """``x`` unchanged if both sides are multiples of ``reduction``, else a ``ValueError`` that says so.
+
+    Returns its input so that the check stays in traced graphs (a node with a user is never dead code).
+    """
+    h, w = x.shape[-2], x.shape[-1]
+    if h % reduction != 0 or w % reduction != 0:
+        raise ValueError(f"input size {h}x{w}: both sides must be multiples of {reduction} "
+                         f"(the model downsamples {reduction}x)")
+    return x
+
+
 class ConvStem(nn.Module):
     """Conv 3x3 (stride) -> BN -> GELU -> Conv 3x3."""
 
-    def __init__(self, in_chans: int, width: int, stride: int):
+    def __init__(self, in_chans: int, width: int, stride: int, input_multiple: int = 0):
         super().__init__()
+        self.input_multiple = input_multiple  # > 0: input sides must be multiples of it
         self.conv1 = ConvBN(in_chans, width, 3, stride, act_layer=nn.GELU)
         self.conv2 = nn.Conv2d(width, width, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_multiple > 0:
+            x = check_input_size(x, self.input_multiple)
         return self.conv2(self.conv1(x))
 
 
 class PatchStem(nn.Module):
     """Space-to-depth (``stride`` x ``stride`` patches) -> 1x1 conv (no bias) -> BN."""
 
-    def __init__(self, in_chans: int, width: int, stride: int):
+    def __init__(self, in_chans: int, width: int, stride: int, input_multiple: int = 0):
         super().__init__()
+        self.input_multiple = input_multiple  # > 0: input sides must be multiples of it (else: padded)
         self.patch = stride
         self.space_to_depth = nn.PixelUnshuffle(stride)
         self.conv = nn.Conv2d(in_chans * stride**2, width, kernel_size=1, bias=False)
         self.norm = nn.BatchNorm2d(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_multiple > 0:
+            x = check_input_size(x, self.input_multiple)
         x = F.pad(x, (0, -x.shape[-1] % self.patch, 0, -x.shape[-2] % self.patch))
         return self.norm(self.conv(self.space_to_depth(x)))
 
@@ -57,8 +83,8 @@ class PatchStem(nn.Module):
 STEMS: dict[str, type[nn.Module]] = {"conv": ConvStem, "patch": PatchStem}
 
 
-def create_stem(kind: StemKind, in_chans: int, width: int, stride: int) -> nn.Module:
-    """The stem named ``kind`` (a key of :data:`STEMS`)."""
+def create_stem(kind: StemKind, in_chans: int, width: int, stride: int, input_multiple: int = 0) -> nn.Module:
+    """The stem named ``kind`` (a key of :data:`STEMS`); ``input_multiple > 0`` makes it check input sizes."""
     if kind not in STEMS:
         raise ValueError(f"stem must be one of {sorted(STEMS)}, got {kind!r}")
-    return STEMS[kind](in_chans, width, stride)
+    return STEMS[kind](in_chans, width, stride, input_multiple)

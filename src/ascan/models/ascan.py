@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, LayerNorm2d, NormMlpClassifierHead, register_notrace_function, trunc_normal_
+from timm.layers import ClassifierHead, LayerNorm2d, NormMlpClassifierHead, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -29,7 +29,7 @@ from torch import nn
 from ascan.layers.conv_bn import ConvBN
 from ascan.layers.registry import get_block
 from ascan.layers.rel_pos import RelPosBiasTable, resize_rel_pos_table
-from ascan.layers.stem import StemKind, create_stem
+from ascan.layers.stem import StemKind, check_input_size, create_stem
 from ascan.layout import Layout, format_layout, parse_layout, validate_widths
 
 # --------------------------------------------------------------------------------------------------
@@ -50,8 +50,9 @@ class AscanCfg:
     ``"patch"``, space-to-depth by ``stem_stride`` + 1x1 conv + BN.
     ``final_norm`` puts a BatchNorm on the last stage's output (``norm_pre``: NeoNeXt); ``head_norm`` a
     LayerNorm on the pooled features before the classifier (timm's ``NormMlpClassifierHead``: CoAtNet).
-    ``strict_input_size`` rejects input sides that are not multiples of the reduction; ``False`` for
-    models whose stem and blocks pad any size (NeoNeXt).
+    ``strict_input_size`` rejects input sides that are not multiples of the reduction (a ``ValueError``
+    from the stem, so on every path: ``forward``, ``forward_intermediates``, ``features_only``, FX);
+    ``False`` for models whose stem and blocks pad any size (NeoNeXt: maps of ``ceil(side / stride)``).
     """
 
     layout: str = "CC-CCCT-CCTT-CTTT"
@@ -116,15 +117,6 @@ INIT_STD = 0.02  # trunc-normal std of linear layers (timm's ViT/CoAtNet convent
 # --------------------------------------------------------------------------------------------------
 # Modules
 # --------------------------------------------------------------------------------------------------
-
-
-@register_notrace_function  # shape check: opaque to FX
-def check_input_size(x: torch.Tensor, reduction: int) -> None:
-    """Sides must be multiples of the model's reduction: a clear error instead of a shape mismatch later."""
-    h, w = x.shape[-2], x.shape[-1]
-    if h % reduction != 0 or w % reduction != 0:
-        raise ValueError(f"input size {h}x{w}: both sides must be multiples of {reduction} "
-                         f"(the model downsamples {reduction}x)")
 
 
 class AscanStage(nn.Module):
@@ -212,6 +204,29 @@ def check_out_indices(out_indices: object, num_stages: int) -> None:
                          f"{num_stages} stages), got {out_indices!r}")
 
 
+def check_output_stride(output_stride: object, cfg: AscanCfg) -> None:
+    """timm's ``output_stride`` (smp's DeepLabV3/V3+/PAN pass 8 or 16): only values the model already meets.
+
+    ``None`` or anything ``>= cfg.reduction`` changes nothing (the maps never get coarser than the
+    reduction). A smaller value would need the last stages run without their stride, which these
+    models cannot do: their attention blocks carry relative-position tables learned for one stride (a
+    dilated map would read offsets the table was not trained for, and global attention over a 4x/16x
+    larger map), and the strided conv / NeoCell downsampling blocks have no dilated form. Refused with a
+    ``ValueError`` that says so, instead of silently returning stride-``reduction`` maps.
+    """
+    if output_stride is None:
+        return
+    if not _is_int(output_stride) or output_stride < 1:
+        raise ValueError(f"output_stride must be a positive integer, got {output_stride!r}")
+    if output_stride < cfg.reduction:
+        raise ValueError(
+            f"output_stride={output_stride} is not supported: this model downsamples {cfg.reduction}x and cannot "
+            f"trade the stride of its last stages for dilation (attention blocks hold relative-position tables "
+            f"learned per feature-map stride, and strided conv / NeoCell downsampling has no dilated form). Use "
+            f"output_stride={cfg.reduction} (or leave it unset) and a decoder that upsamples, e.g. smp's UPerNet, "
+            f"FPN or Unet with a tu- encoder")
+
+
 def create_head(in_chs: int, num_classes: int, global_pool: str, drop_rate: float, norm: bool) -> nn.Module:
     """timm's classifier head: pool -> (LayerNorm, with ``norm``) -> dropout -> linear."""
     if norm:
@@ -228,17 +243,21 @@ class AscanNet(nn.Module):
     """
 
     def __init__(self, cfg: AscanCfg, num_classes: int = 1000, in_chans: int = 3, img_size: int | tuple = 224,
-                 global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+                 global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 output_stride: int | None = None):
         super().__init__()
         check_cfg(cfg)
         img_size = check_model_args(num_classes, in_chans, img_size, drop_rate, drop_path_rate)
+        check_output_stride(output_stride, cfg)
         self.cfg = cfg
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.reduction = cfg.reduction
         self.strict_input_size = cfg.strict_input_size
 
-        self.stem = create_stem(cfg.stem, in_chans, cfg.stem_width, cfg.stem_stride)
+        # The stem checks input sizes: it is the first module of every path (timm's features_only too).
+        self.stem = create_stem(cfg.stem, in_chans, cfg.stem_width, cfg.stem_stride,
+                                input_multiple=cfg.reduction if cfg.strict_input_size else 0)
         self.stages, self.feature_info = build_stages(cfg, img_size, drop_path_rate)
         last = cfg.widths[-1]
         self.norm_pre = nn.BatchNorm2d(last) if cfg.final_norm else nn.Identity()
@@ -306,8 +325,6 @@ class AscanNet(nn.Module):
         self.head.reset(num_classes, pool_type=global_pool)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if self.strict_input_size:
-            check_input_size(x, self.reduction)
         x = self.stages(self.stem(x))
         return self.head_conv(self.norm_pre(x))
 
@@ -322,8 +339,6 @@ class AscanNet(nn.Module):
         """Stage outputs (S1..S4) for dense tasks; ``norm`` applies ``norm_pre`` to the last stage's output."""
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        if self.strict_input_size:
-            check_input_size(x, self.reduction)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
         intermediates = []
@@ -431,12 +446,38 @@ def _create_ascan(variant: str, cfg: AscanCfg, pretrained: bool = False, model_c
         cfg = replace(cfg, block_kwargs=merged)
     if kwargs.get("features_only") and "out_indices" in kwargs:
         check_out_indices(kwargs["out_indices"], len(cfg.stages))
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         model_cls, variant, pretrained, cfg=cfg,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=tuple(range(len(cfg.stages))), flatten_sequential=True),
         **kwargs,
     )
+    in_chans = kwargs.get("in_chans", 3)
+    model.pretrained_cfg = model.default_cfg = cfg_for_channels(model.pretrained_cfg, in_chans)
+    return model
+
+
+def cfg_for_channels(pretrained_cfg: dict, in_chans: int) -> dict:
+    """``pretrained_cfg`` describing ``in_chans`` input channels, so that timm's data config agrees with the model.
+
+    timm's ``train.py`` / ``validate.py`` build every model with ``in_chans=3`` unless told otherwise, and
+    read the channel count (``'RGB'`` or ``'L'`` loading) and the mean/std from the built model's
+    ``pretrained_cfg`` (``resolve_data_config``). A cfg written for another channel count (ascan_nano's
+    1-channel Fashion-MNIST default) gets its ``input_size`` channel set to ``in_chans`` and its one-channel
+    mean/std repeated (several channels to one: their average). The weights are loaded before this.
+    """
+    size = pretrained_cfg.get("input_size")
+    if not size or size[0] == in_chans:
+        return pretrained_cfg
+    out = {**pretrained_cfg, "input_size": (in_chans, *size[1:])}
+    if out.get("test_input_size"):
+        out["test_input_size"] = (in_chans, *out["test_input_size"][1:])
+    for key in ("mean", "std"):
+        values = tuple(out.get(key) or ())
+        if values and len(values) != in_chans:
+            value = values[0] if len(values) == 1 else sum(values) / len(values)
+            out[key] = (value,) * in_chans
+    return out
 
 
 def _cfg(input_size: int = 224, in_chans: int = 3, **kwargs) -> dict:
@@ -551,5 +592,5 @@ def ascan_t_c10(pretrained: bool = False, **kwargs) -> AscanNet:
     return _create_table3("c10", pretrained, **kwargs)
 
 
-__all__ = ["AscanCfg", "AscanNet", "TABLE3_LAYOUTS", "TABLE5", "checkpoint_filter_fn", "format_layout",
-           "load_weights", "save_weights"]
+__all__ = ["AscanCfg", "AscanNet", "TABLE3_LAYOUTS", "TABLE5", "cfg_for_channels", "check_input_size",
+           "check_output_stride", "checkpoint_filter_fn", "format_layout", "load_weights", "save_weights"]
