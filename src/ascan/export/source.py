@@ -12,14 +12,12 @@ count: both are read from the weights (classifier rows, stem input channels), ne
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-from safetensors import SafetensorError, safe_open
 from timm.models import FeatureListNet
 from torch import nn
 
@@ -28,7 +26,7 @@ from ascan.errors import UserError
 from ascan.layout import LayoutError
 from ascan.model_kwargs import WEIGHT_LOADING_KWARGS, check_model_kwargs
 from ascan.train.config import config_from_dict
-from ascan.train.weights import resize_state_dict
+from ascan.train.weights import read_weights_metadata, resize_state_dict
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 ASCAN_MODULE_PREFIX = "ascan."  # entry points defined in this package take ``img_size`` (tables sized to it)
@@ -59,22 +57,8 @@ def _from_checkpoint(path: Path, raw: bool) -> ModelSource:
 def _from_safetensors(path: Path, model_name: str | None) -> ModelSource:
     """Weights and the model settings ``ascan train`` writes into the file's metadata (as ``ascan eval`` reads them)."""
     weights = load_weights_file(path)  # UserError when missing or unreadable
-    try:
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise UserError(f"{path} is not a readable safetensors file ({err})") from None
-    name = model_name or meta.get("model")
-    if not name:
-        raise UserError(f"{path} carries no model name in its metadata; pass --model")
-    try:
-        kwargs = json.loads(meta.get("model_kwargs", "{}"))
-        size = int(meta["image_size"]) if "image_size" in meta else None
-    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
-        raise UserError(f"{path}: metadata model_kwargs / image_size unreadable") from None
-    if not isinstance(kwargs, dict):
-        raise UserError(f"{path}: metadata model_kwargs is not a JSON object")
-    return ModelSource(name, kwargs, weights, size, str(path))
+    meta = read_weights_metadata(path, model_name)
+    return ModelSource(meta.name, meta.kwargs, weights, meta.image_size, str(path))
 
 
 def resolve_source(spec: str, *, model: str | None = None, weights: str | None = None, raw: bool = False,

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 import ascan  # noqa: F401  (registers ascan models in timm)
 from ascan.config import AT_LEAST_ONE
@@ -24,32 +23,19 @@ from ascan.errors import UserError
 from ascan.model_kwargs import check_config_model_kwargs, check_model_kwargs
 from ascan.train.config import IMAGE_SIZE_RANGE, TrainConfig, config_from_dict
 from ascan.train.metrics import evaluate
-from ascan.train.weights import create_model, resize_state_dict
+from ascan.train.weights import create_model, read_weights_metadata, resize_state_dict
 
 DEFAULT_EVAL_BATCH = 500
+DEFAULT_IMAGE_SIZE = 32  # a .safetensors file without image_size metadata: Fashion-MNIST's training size
 
 
 def _config_from_safetensors(path: Path, model_name: str | None) -> TrainConfig:
     """The model and data settings a ``.safetensors`` export carries in its metadata."""
-    if not path.is_file():
-        raise UserError(f"weights file {path} does not exist")
-    try:
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise UserError(f"{path} is not a readable safetensors file ({err})") from None
-    name = model_name or meta.get("model")
-    if not name:
-        raise UserError(f"{path} carries no model name; pass --model")
-    try:
-        kwargs = json.loads(meta.get("model_kwargs", "{}"))
-        image_size = int(meta.get("image_size", 32))
-    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
-        raise UserError(f"{path}: metadata model_kwargs / image_size unreadable") from None
-    check_model_kwargs(name, kwargs, f"{path} (metadata)", "model_kwargs")
-    data = {"image_size": image_size, "dataset": meta.get("dataset", "fashion_mnist"),
-            "root": meta.get("data_root") or None, "eval_split": meta.get("eval_split", "test")}
-    return config_from_dict({"model": {"name": name, "kwargs": kwargs}, "data": data})
+    meta = read_weights_metadata(path, model_name)
+    check_model_kwargs(meta.name, meta.kwargs, f"{path} (metadata)", "model_kwargs")
+    data = {"image_size": meta.image_size or DEFAULT_IMAGE_SIZE, "dataset": meta.raw.get("dataset", "fashion_mnist"),
+            "root": meta.raw.get("data_root") or None, "eval_split": meta.raw.get("eval_split", "test")}
+    return config_from_dict({"model": {"name": meta.name, "kwargs": meta.kwargs}, "data": data})
 
 
 def build_parser() -> argparse.ArgumentParser:

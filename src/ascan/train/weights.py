@@ -7,8 +7,13 @@ sizes); other timm models take the weights as they are.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
 import timm
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ascan.data.datasets import DatasetInfo
@@ -54,3 +59,39 @@ def resize_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> 
 def init_from_weights(model: nn.Module, source: str, prefer_ema: bool) -> None:
     """Load a checkpoint's (EMA) weights or a safetensors file into ``model``, resized to its resolution."""
     load_model_state(model, resize_state_dict(model, load_weights_file(source, prefer_ema)), source)
+
+
+@dataclass(frozen=True)
+class WeightsMetadata:
+    """What ``ascan train`` writes beside a ``.safetensors`` export's weights: the model, its kwargs, the
+    training image size (``None`` when absent) and the whole metadata (data-set entries)."""
+
+    name: str
+    kwargs: dict
+    image_size: int | None
+    raw: dict[str, str]
+
+
+def read_weights_metadata(path: Path, model_name: str | None = None) -> WeightsMetadata:
+    """The metadata of a ``.safetensors`` export; ``model_name`` stands in for a file without one.
+
+    The kwargs are parsed, not checked: callers pass them through :func:`ascan.model_kwargs.check_model_kwargs`.
+    """
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist")
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{path} is not a readable safetensors file ({err})") from None
+    name = model_name or meta.get("model")
+    if not name:
+        raise UserError(f"{path} carries no model name in its metadata; pass --model")
+    try:
+        kwargs = json.loads(meta.get("model_kwargs", "{}"))
+        image_size = int(meta["image_size"]) if "image_size" in meta else None
+    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
+        raise UserError(f"{path}: metadata model_kwargs / image_size unreadable") from None
+    if not isinstance(kwargs, dict):
+        raise UserError(f"{path}: metadata model_kwargs is not a JSON object")
+    return WeightsMetadata(name, kwargs, image_size, meta)
