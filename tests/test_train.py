@@ -162,14 +162,22 @@ def test_eval_cli_reproduces_the_final_training_metric(data_root, tmp_path, caps
     result = train(tiny_config(data_root, tmp_path / "run", "optim.epochs=1"))
     assert (tmp_path / "run" / "curves.png").stat().st_size > 0
     capsys.readouterr()
-    assert cli_main(["eval", str(tmp_path / "run"), "--json"]) == 0
+    # --no-fast: fp32, exactly as stored (the default is the bf16 fast path where the CPU has bf16 units)
+    assert cli_main(["eval", str(tmp_path / "run"), "--json", "--no-fast"]) == 0
     import json
 
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert got["top1"] == pytest.approx(result.metrics["ema_top1"])
-    assert cli_main(["eval", str(tmp_path / "run" / "model.safetensors"), "--json"]) == 0
+    assert got["top1"] == pytest.approx(result.metrics["ema_top1"]) and got["precision"] == "fp32"
+    assert cli_main(["eval", str(tmp_path / "run" / "model.safetensors"), "--json", "--no-fast"]) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert got["top1"] == pytest.approx(result.metrics["test_top1"])
+    # --fast (BN folded, bf16 weights, channels-last): the same images scored, the loss within bf16 rounding
+    # of the fp32 weights'
+    assert cli_main(["eval", str(tmp_path / "run" / "model.safetensors"), "--json", "--fast"]) == 0
+    fast = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert fast["n"] == got["n"] and fast["loss"] == pytest.approx(got["loss"], abs=0.05)
+    assert abs(fast["top1"] - got["top1"]) <= 100 / got["n"] + 1e-6  # at most one image flips
+    assert fast["precision"] == "bfloat16 fast path"
 
 
 def test_finetune_starts_from_the_checkpoint_with_resized_tables(data_root, tmp_path):
@@ -291,3 +299,27 @@ def test_model_kwargs_cannot_choose_files_to_load(data_root, tmp_path, capsys):
     err = _one_line_error(capsys, ["train", "--no-progress", "--set", f"data.root={data_root}",
                                    f"output={tmp_path / 'run'}", f"model.kwargs={{checkpoint_path: {bait}}}"])
     assert "may not set checkpoint_path" in err
+
+
+# ---- torch.compile ---------------------------------------------------------------------------------
+
+
+def test_compile_auto_only_for_runs_long_enough_to_repay_it():
+    from ascan.engine.runtime import COMPILE_AUTO_MIN_STEPS, should_compile
+
+    assert not should_compile("auto", COMPILE_AUTO_MIN_STEPS - 1)
+    assert should_compile("auto", COMPILE_AUTO_MIN_STEPS)
+    assert should_compile("on", 1) and not should_compile("off", 10**6)
+    with pytest.raises(ValueError, match="compile"):
+        should_compile("yes", 10)
+
+
+@pytest.mark.slow
+def test_compiled_run_trains_like_the_eager_one(data_root, tmp_path):
+    """compile=on: same weights as the eager run to bf16/fusion rounding, checkpoints without compile's prefix."""
+    eager = train(tiny_config(data_root, tmp_path / "eager", "compile=off", "amp=off"))
+    compiled = train(tiny_config(data_root, tmp_path / "compiled", "compile=on", "amp=off"))
+    saved = load_file(tmp_path / "compiled" / "model.safetensors")
+    assert not any(key.startswith("_orig_mod.") for key in saved)
+    for (name, a), (_, b) in zip(eager.model.state_dict().items(), compiled.model.state_dict().items(), strict=True):
+        torch.testing.assert_close(b, a, atol=2e-3, rtol=2e-3, msg=name)

@@ -5,9 +5,10 @@ Importing the package registers every model in timm's registry, so
 """
 
 from ascan import flops, layers, models  # noqa: F401  (registers blocks, models, the CPU attention FLOP formula)
-from ascan.fusion import fuse
+from ascan.fusion import fast_inference, fuse
 from ascan.layout import LayoutError, check_asymmetric, format_layout, parse_layout
 
 __version__ = "0.1.0"
 
-__all__ = ["LayoutError", "check_asymmetric", "format_layout", "fuse", "parse_layout", "__version__"]
+__all__ = ["LayoutError", "check_asymmetric", "fast_inference", "format_layout", "fuse", "parse_layout",
+           "__version__"]

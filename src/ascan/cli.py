@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scenes": ("ascan.data.scenes_cli", "write the garment-scene detection/segmentation data set (COCO JSON + PNGs)"),
     "segment": ("ascan.segment.cli", "semantic segmentation: UPerNet on any timm backbone (train / eval / predict)"),
     "detect": ("ascan.detect.cli", "detection / instance segmentation: (Cascade) Mask R-CNN (train / eval / predict)"),
+    "search": ("ascan.search.cli", "latency-aware layout search: latency model + Optuna over the layout grammar"),
 }
 
 

@@ -11,6 +11,14 @@ activation it touches. :func:`fuse` does three things, in this order:
    consecutive children of an ``nn.Sequential``, and timm's ``ConvNormAct`` (conv then bn);
 3. puts the model in eval mode (folded statistics are running statistics: inference only).
 
+With ``dtype`` / ``channels_last`` it then casts the whole model (weights, not autocast) and its memory
+format: the low-precision inference fast path (issue 13). Measured on a 2-core AMX Xeon, ascan_tiny at batch
+16: bf16 weights + channels-last ran 1.41x bf16 autocast in NCHW (BENCHMARKS.md, "bf16 on this CPU"): whole-model
+bf16 keeps the conv+GELU oneDNN post-op (autocast hands it fp32 weights and bf16 activations, so it fell back
+to conv + separate GELU), drops the per-op weight casts (170 ``aten::copy_`` per forward) and, channels-last,
+the NCHW <-> blocked reorders and the slow NCHW bf16 ``avg_pool2d``. :func:`fast_inference` wraps the result so
+callers keep passing float32 NCHW images and get float32 logits.
+
 Only plain ``nn.Conv2d`` (and timm's ``Conv2dSame``, which only pads first) are folded: a conv
 subclass that transforms its weight in forward (e.g. weight standardisation) would be wrong.
 """
@@ -133,9 +141,67 @@ def fuse_with_summary(model: nn.Module, inplace: bool = False) -> tuple[nn.Modul
     return model.eval(), summary
 
 
-def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
+LOW_PRECISION_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def fuse(model: nn.Module, inplace: bool = False, dtype: torch.dtype | None = None,
+         channels_last: bool = False) -> nn.Module:
     """Fold BatchNorms into convolutions for inference; returns the model in eval mode.
 
     With ``inplace=False`` (default) the input model is left untouched and a fused copy returned.
+    ``dtype`` (``torch.bfloat16`` / ``torch.float16``) casts the fused weights (folding runs in float64 first,
+    so the cast rounds once); ``channels_last`` converts the weights' memory format. Inputs must then be given
+    in that dtype (and, for speed, format): :func:`fast_inference` does that for the caller.
     """
-    return fuse_with_summary(model, inplace=inplace)[0]
+    if dtype is not None and dtype not in LOW_PRECISION_DTYPES + (torch.float32,):
+        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+    model = fuse_with_summary(model, inplace=inplace)[0]
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model
+
+
+class CastInputs(nn.Module):
+    """Runs ``module`` on its input cast to ``dtype`` (and channels-last), returning float32 outputs.
+
+    The boundary of a low-precision model: callers (``ascan eval``, data loaders) keep float32 NCHW images and
+    float32 logits. Tensors nested in tuples/lists/dicts (``features_only`` outputs) are cast back too.
+    """
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype, channels_last: bool = False):
+        super().__init__()
+        self.module = module
+        self.dtype = dtype
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor):
+        x = x.to(self.dtype)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return _to_float(self.module(x))
+
+
+def _to_float(out):
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_float(o) for o in out)
+    if isinstance(out, dict):
+        return {k: _to_float(v) for k, v in out.items()}
+    return out
+
+
+def fast_inference(model: nn.Module, dtype: torch.dtype = torch.bfloat16, channels_last: bool = True,
+                   inplace: bool = False) -> nn.Module:
+    """The low-precision inference fast path: :func:`fuse` with whole-model ``dtype`` weights and
+    channels-last, wrapped in :class:`CastInputs` (float32 in, float32 out). The relative-position biases are
+    cached per input size by the attention itself (``ascan.layers.rel_pos``) whenever grad mode is off.
+
+    Outputs equal the float32 model's within the dtype's rounding (tests/test_low_precision.py states the
+    tolerance). Device-agnostic: move the model to CUDA before or after.
+    """
+    if dtype not in LOW_PRECISION_DTYPES + (torch.float32,):
+        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+    return CastInputs(fuse(model, inplace=inplace, dtype=dtype, channels_last=channels_last), dtype, channels_last)

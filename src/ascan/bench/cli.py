@@ -42,6 +42,22 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def runner_casts() -> tuple[str, ...]:
+    from ascan.bench.runner import CASTS
+
+    return CASTS
+
+
+def _setups(items: list[str]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in items:
+        name, sep, options = item.partition("=")
+        if not sep or not name or not options:
+            raise UserError(f"--setup expects MODEL=OPTS (e.g. convnext_small=cl,weights), got {item!r}")
+        pairs.append((name, options))
+    return tuple(pairs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ascan bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="*", help="timm model names (ascan's models are registered in timm)")
@@ -58,6 +74,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for weights and inputs")
+    parser.add_argument(
+        "--cast",
+        choices=runner_casts(),
+        default="autocast",
+        help="with --dtype bf16/fp16: autocast (default) or weights (model and input cast once, timm's --model-dtype)",
+    )
+    parser.add_argument(
+        "--setup",
+        action="append",
+        default=[],
+        metavar="MODEL=OPTS",
+        help="per-model layout and cast, a comma list of cl, nchw, autocast, weights (repeatable); "
+        "e.g. --setup convnext_small=cl,weights",
+    )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="ascan models on their inference fast path: BN folded + conv/GELU fused, weights in --dtype, "
+        "channels-last, relative-position bias cached",
+    )
+    parser.add_argument(
+        "--measure-peak",
+        action="store_true",
+        help="time a large matmul and conv in --dtype first; %% peak is of that measured peak",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile every model")
     parser.add_argument("--fullgraph", action="store_true", help="with --compile: fail on any graph break")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
@@ -111,6 +152,10 @@ def _config_from_args(args: argparse.Namespace):
         num_classes=args.num_classes,
         peak_tflops=args.peak_tflops,
         reference=args.reference,
+        cast=args.cast,
+        setups=_setups(args.setup),
+        fast=args.fast,
+        measure_peak=args.measure_peak,
     )
 
 
@@ -185,7 +230,11 @@ def main(argv: list[str]) -> int:
             log=progress.console.print,
         )
     meta["command"] = "ascan bench " + " ".join(argv)
-    report.print_table(rows, meta, cfg.peak_tflops is not None, console)
+    report.print_table(rows, meta, cfg.peak_tflops is not None or cfg.measure_peak, console)
+    if "measured_peak" in meta:
+        peak = meta["measured_peak"]
+        console.print(f"measured {peak['dtype']} peak: matmul {peak['matmul_tflops']:.3f}, conv "
+                      f"{peak['conv_tflops']:.3f} TFLOP/s (% peak is of {peak['tflops']:.3f})")
     paths = report.write_all(rows, meta, out_dir)
     console.print(f"wrote {paths['csv']}, {paths['json']}, {paths['png']}")
     return 0

@@ -42,6 +42,7 @@ def rich_table(rows: Sequence[Row], meta: dict[str, object], peak_given: bool) -
     table = Table(title=title, show_lines=False)
     columns = [
         ("model", "left"),
+        ("setup", "left"),
         ("mode", "left"),
         ("batch", "right"),
         ("res", "right"),
@@ -63,6 +64,7 @@ def rich_table(rows: Sequence[Row], meta: dict[str, object], peak_given: bool) -
         ratio = f"{row.ratio:.2f} [{row.ratio_low:.2f}-{row.ratio_high:.2f}]" if row.ratio is not None else "-"
         cells = [
             label,
+            row.setup,
             row.mode,
             str(row.batch_size),
             str(row.img_size),

@@ -8,6 +8,7 @@ live in memory together so that :func:`ascan.bench.timing.run_interleaved` can a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import math
 import os
@@ -33,6 +34,11 @@ from ascan.paper import paper_figures
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FUSE_CHOICES = ("off", "on", "both")
+# How a model runs in a low-precision dtype: under autocast (fp32 weights, cast per op), or with its weights and
+# input cast to the dtype once (``model.to(torch.bfloat16)``, timm benchmark.py's ``--model-dtype``).
+CASTS = ("autocast", "weights")
+# Per-model options of --setup: memory format and cast.
+SETUP_OPTIONS = ("cl", "nchw") + CASTS
 PEAK_TFLOPS_RANGE = Range(0.0, math.inf, low_open=True, high_open=True)
 MODES = ("infer", "train")
 FUSED_SUFFIX = "+fused"
@@ -65,6 +71,12 @@ class BenchConfig:
     peak_tflops: float | None = setting(None, PEAK_TFLOPS_RANGE)
     reference: str | None = None
     seed: int = setting(0, NON_NEGATIVE)
+    cast: str = setting("autocast", choices=CASTS)
+    # (model, "opt,opt") pairs: that model's memory format / cast, overriding channels_last / cast / fast
+    setups: tuple[tuple[str, str], ...] = ()
+    # the low-precision inference fast path for ascan models: fused, weights in the dtype, channels-last
+    fast: bool = False
+    measure_peak: bool = False  # time a large matmul + conv in the dtype; fractions are of that peak
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -85,6 +97,8 @@ class Variant:
     forward_flops: float  # per image, inference
     train_flops: float  # per image, forward + backward
     bn_folded: int
+    channels_last: bool = False
+    cast: str = "autocast"
     eager: dict[str, nn.Module] = field(default_factory=dict)  # mode -> module before compile
     runnable: dict[str, nn.Module] = field(default_factory=dict)  # mode -> module to time
 
@@ -113,6 +127,7 @@ class Row:
     peak_fraction: float | None
     peak_mem_mib: float
     bn_folded: int
+    setup: str
     paper_name: str | None
     paper_a100_img_per_s: float | None
     img_per_s_by_round: list[float]
@@ -151,6 +166,35 @@ def check_config(cfg: BenchConfig) -> None:
     check_model_names(cfg.models)
     if cfg.reference is not None and cfg.reference not in cfg.models:
         raise UserError(f"reference model {cfg.reference!r} is not among the benchmarked models")
+    for name, options in cfg.setups:
+        if name not in cfg.models:
+            raise UserError(f"--setup names {name!r}, which is not among the benchmarked models")
+        bad = [o for o in options.split(",") if o not in SETUP_OPTIONS]
+        if bad or not options:
+            raise UserError(f"--setup {name}={options}: options are a comma list of {', '.join(SETUP_OPTIONS)}")
+
+
+def model_setup(cfg: BenchConfig, name: str, ours: bool) -> tuple[bool, str]:
+    """(channels_last, cast) of one model: the run's flags, ``--fast`` for ascan models, then ``--setup``."""
+    channels_last, cast = cfg.channels_last, cfg.cast
+    if cfg.fast and ours:
+        channels_last, cast = True, "weights"
+    for setup_name, options in cfg.setups:
+        if setup_name == name:
+            for option in options.split(","):
+                if option in CASTS:
+                    cast = option
+                else:
+                    channels_last = option == "cl"
+    return channels_last, cast
+
+
+def setup_label(cfg: BenchConfig, variant: Variant) -> str:
+    """What the report's ``setup`` column says: memory format and, below fp32, how the dtype is applied."""
+    layout = "channels-last" if variant.channels_last else "NCHW"
+    if cfg.dtype == "fp32":
+        return layout
+    return f"{layout}, {cfg.dtype} {'weights' if variant.cast == 'weights' else 'autocast'}"
 
 
 def resolve_img_size(cfg: BenchConfig, model_name: str) -> int:
@@ -197,23 +241,28 @@ def create(model_name: str, img_size: int, num_classes: int) -> nn.Module:
     return timm.create_model(model_name, **kwargs)
 
 
-def _autocast(cfg: BenchConfig) -> Callable[[], contextlib.AbstractContextManager]:
-    if cfg.dtype == "fp32":
+def _autocast(cfg: BenchConfig, cast: str = "autocast") -> Callable[[], contextlib.AbstractContextManager]:
+    if cfg.dtype == "fp32" or cast == "weights":
         return contextlib.nullcontext
     return lambda: torch.autocast(device_type=cfg.device, dtype=DTYPES[cfg.dtype])
 
 
-def _prepare(model: nn.Module, cfg: BenchConfig) -> nn.Module:
+def _prepare(model: nn.Module, cfg: BenchConfig, channels_last: bool = False, cast: str = "autocast") -> nn.Module:
     model = model.to(cfg.device)
-    if cfg.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cast == "weights":
+        model = model.to(DTYPES[cfg.dtype])
     return model
 
 
-def _input(cfg: BenchConfig, batch_size: int, in_chans: int, img_size: int) -> torch.Tensor:
+def _input(cfg: BenchConfig, batch_size: int, in_chans: int, img_size: int, channels_last: bool = False,
+           cast: str = "autocast") -> torch.Tensor:
     generator = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(batch_size, in_chans, img_size, img_size, generator=generator).to(cfg.device)
-    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+    if cast == "weights":
+        x = x.to(DTYPES[cfg.dtype])
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def infer_step(model: nn.Module, x: torch.Tensor, autocast) -> Callable[[], object]:
@@ -262,6 +311,7 @@ def build_variants(cfg: BenchConfig, log: Callable[[str], None] = print) -> list
             train_flops = count_flops(train_step(train_model, x2, cfg.num_classes, contextlib.nullcontext))
             train_flops /= _TRAIN_FLOP_BATCH
         builds: list[tuple[str, bool, nn.Module, int]] = []
+        channels_last, cast = model_setup(cfg, name, ours)
         if cfg.fuse in ("off", "both"):
             builds.append((name, False, base, 0))
         if cfg.fuse in ("on", "both"):
@@ -272,11 +322,12 @@ def build_variants(cfg: BenchConfig, log: Callable[[str], None] = print) -> list
                 log(f"{name}: nothing to fuse, no separate fused variant")
         for label, fused, module, bn_folded in builds:
             variant = Variant(
-                label, name, fused, ours, in_chans, img_size, params, forward_flops, train_flops, bn_folded
+                label, name, fused, ours, in_chans, img_size, params, forward_flops, train_flops, bn_folded,
+                channels_last, cast,
             )
-            variant.eager["infer"] = _prepare(module, cfg).eval()
+            variant.eager["infer"] = _prepare(module, cfg, channels_last, cast).eval()
             if train_model is not None and not fused:
-                variant.eager["train"] = _prepare(train_model, cfg)
+                variant.eager["train"] = _prepare(train_model, cfg, channels_last, cast)
             variant.runnable = {mode: _compiled(m, cfg) for mode, m in variant.eager.items()}
             variants.append(variant)
     return variants
@@ -302,16 +353,16 @@ def _sync(cfg: BenchConfig) -> Callable[[], None]:
     return lambda: None
 
 
-def _case_step(cfg: BenchConfig, variant: Variant, mode: str, module: nn.Module, batch_size: int,
-               autocast) -> Callable[[], object]:
-    x = _input(cfg, batch_size, variant.in_chans, variant.img_size)
+def _case_step(cfg: BenchConfig, variant: Variant, mode: str, module: nn.Module,
+               batch_size: int) -> Callable[[], object]:
+    autocast = _autocast(cfg, variant.cast)
+    x = _input(cfg, batch_size, variant.in_chans, variant.img_size, variant.channels_last, variant.cast)
     if mode == "infer":
         return infer_step(module, x, autocast)
     return train_step(module, x, cfg.num_classes, autocast)
 
 
 def build_cases(cfg: BenchConfig, variants: list[Variant]) -> tuple[list[Case], dict[str, Callable]]:
-    autocast = _autocast(cfg)
     cases: list[Case] = []
     steps: dict[str, Callable] = {}
     for batch_size in cfg.batch_sizes:
@@ -320,7 +371,7 @@ def build_cases(cfg: BenchConfig, variants: list[Variant]) -> tuple[list[Case], 
                 module = variant.runnable.get(mode)
                 if module is None:
                     continue
-                step = _case_step(cfg, variant, mode, module, batch_size, autocast)
+                step = _case_step(cfg, variant, mode, module, batch_size)
                 key = case_key(variant.label, mode, batch_size)
                 cases.append(Case(key, step, batch_size, _sync(cfg)))
                 steps[key] = step
@@ -334,7 +385,6 @@ def measure_memory(cfg: BenchConfig, variants: list[Variant], steps: dict[str, C
     tracker needs aten calls, which compiled code hides, so the eager module is measured.
     """
     device = torch.device(cfg.device)
-    autocast = _autocast(cfg)
     peaks: dict[str, float] = {}
     for variant in variants:
         for mode, module in variant.eager.items():
@@ -342,7 +392,7 @@ def measure_memory(cfg: BenchConfig, variants: list[Variant], steps: dict[str, C
                 key = case_key(variant.label, mode, batch_size)
                 step = steps[key]
                 if device.type != "cuda" and cfg.compile:
-                    step = _case_step(cfg, variant, mode, module, batch_size, autocast)
+                    step = _case_step(cfg, variant, mode, module, batch_size)
                 peaks[key] = step_peak_bytes(module, step, device) / _MIB
     return peaks
 
@@ -387,6 +437,7 @@ def collect_rows(
                         peak_fraction=tflops / cfg.peak_tflops if cfg.peak_tflops else None,
                         peak_mem_mib=peaks.get(key, float("nan")),
                         bn_folded=variant.bn_folded,
+                        setup=setup_label(cfg, variant),
                         paper_name=entry.paper_name if entry is not None else None,
                         paper_a100_img_per_s=paper if mode == "infer" else None,
                         img_per_s_by_round=measurement.img_per_s_by_round(),
@@ -432,8 +483,17 @@ def run(
     ``on_total(n)`` is told how many progress units ``on_step`` will report, once that is known.
     """
     check_config(cfg)
+    if cfg.fast and cfg.fuse == "off":
+        cfg = dataclasses.replace(cfg, fuse="on")
     meta = machine_info(cfg)
     started = time.perf_counter()
+    if cfg.measure_peak:
+        from ascan.bench.peak import measure_peak
+
+        log(f"measuring the {cfg.dtype} peak (large matmul and conv)")
+        peak = measure_peak(DTYPES[cfg.dtype], cfg.device)
+        meta["measured_peak"] = dataclasses.asdict(peak) | {"tflops": peak.tflops}
+        cfg = dataclasses.replace(cfg, peak_tflops=peak.tflops)
     variants = build_variants(cfg, log=log)
     cases, steps = build_cases(cfg, variants)
     if on_total is not None:

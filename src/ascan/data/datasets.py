@@ -1,8 +1,9 @@
 """Datasets and transforms for training: Fashion-MNIST (tensors in memory) and any ImageFolder tree.
 
 Both yield ``(float image [C, H, W] normalized, int label)`` so the training loop does not care which
-one it reads. Fashion-MNIST transforms run on uint8 tensors (torchvision v2), cheap enough per sample
-that a 2-core machine spends its time in the model, not in the loader.
+one it reads. Fashion-MNIST is augmented a whole batch at a time (:mod:`ascan.data.batch_augment`), so a
+2-core machine spends its time in the model, not in the loader; with RandAugment it keeps torchvision's
+per-sample transforms.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
+from ascan.data.batch_augment import BatchAugment
 from ascan.data.fashion_mnist import CLASSES, MEAN, STD, load_fashion_mnist
 from ascan.errors import UserError
 
@@ -41,27 +43,45 @@ FASHION_MNIST_INFO = DatasetInfo(len(CLASSES), 1, (MEAN,), (STD,), CLASSES)
 
 
 class FashionMNIST(Dataset):
-    """Fashion-MNIST split held as a uint8 tensor; ``transform`` maps a uint8 ``[1, 28, 28]`` tensor."""
+    """Fashion-MNIST split held as a uint8 tensor.
+
+    ``transform`` maps one uint8 ``[1, 28, 28]`` image (torchvision's per-sample path); ``batch_transform``
+    (a :class:`~ascan.data.batch_augment.BatchAugment`) instead prepares all images once and augments whole
+    batches: the DataLoader fetches through ``__getitems__``, one call per batch.
+    """
 
     info = FASHION_MNIST_INFO
 
     def __init__(self, root: str | Path | None = None, split: str = "train", transform=None,
-                 subset: int | None = None):
+                 subset: int | None = None, batch_transform: BatchAugment | None = None):
+        if transform is not None and batch_transform is not None:
+            raise ValueError("give FashionMNIST a transform or a batch_transform, not both")
         images, labels = load_fashion_mnist(root, split)
         if subset is not None:
             images, labels = images[:subset], labels[:subset]
         self.images = images.unsqueeze(1)  # [N, 1, 28, 28]
+        if batch_transform is not None:
+            self.images = batch_transform.prepare(self.images)
         self.labels = labels
-        self.transform = transform
+        self.transform, self.batch_transform = transform, batch_transform
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if self.batch_transform is not None:
+            return self.__getitems__([index])[0]
         image = self.images[index]
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[index])
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        if self.batch_transform is None:
+            return [self[i] for i in indices]
+        index = torch.as_tensor(indices, dtype=torch.long)
+        images = self.batch_transform(self.images[index])
+        return list(zip(images.unbind(0), self.labels[index].tolist(), strict=True))
 
 
 def parse_rand_augment(spec: str) -> tuple[int, int]:
@@ -105,6 +125,14 @@ def fashion_mnist_transform(image_size: int, train: bool, aug=None) -> v2.Compos
     return v2.Compose(steps)
 
 
+def fashion_mnist_batch_transform(image_size: int, train: bool, aug=None) -> BatchAugment:
+    """The batched equivalent of :func:`fashion_mnist_transform` (everything but RandAugment)."""
+    if not train or aug is None:
+        return BatchAugment(image_size, MODEL_SIDE, MEAN, STD)
+    return BatchAugment(image_size, MODEL_SIDE, MEAN, STD, crop_padding=aug.crop_padding, hflip=aug.hflip,
+                        random_erasing=aug.random_erasing)
+
+
 def imagefolder_transform(image_size: int, train: bool, aug=None, mean=None, std=None):
     """timm's ImageNet pipeline: RandomResizedCrop + flip + RandAugment + colour jitter + erasing."""
     mean = mean or IMAGENET_DEFAULT_MEAN
@@ -143,8 +171,11 @@ def build_dataset(data_cfg, aug_cfg, train: bool) -> tuple[Dataset, DatasetInfo]
     split = data_cfg.train_split if train else data_cfg.eval_split
     subset = data_cfg.train_subset if train else data_cfg.eval_subset
     if data_cfg.dataset == "fashion_mnist":
-        transform = fashion_mnist_transform(data_cfg.image_size, train, aug_cfg)
-        return FashionMNIST(data_cfg.root, split, transform, subset), FASHION_MNIST_INFO
+        if train and aug_cfg is not None and aug_cfg.rand_augment:  # no batched RandAugment: per-sample path
+            transform = fashion_mnist_transform(data_cfg.image_size, train, aug_cfg)
+            return FashionMNIST(data_cfg.root, split, transform, subset), FASHION_MNIST_INFO
+        batch_transform = fashion_mnist_batch_transform(data_cfg.image_size, train, aug_cfg)
+        return FashionMNIST(data_cfg.root, split, subset=subset, batch_transform=batch_transform), FASHION_MNIST_INFO
     if data_cfg.dataset == "imagefolder":
         transform = imagefolder_transform(data_cfg.image_size, train, aug_cfg)
         return imagefolder_dataset(data_cfg.root, split, transform, subset)

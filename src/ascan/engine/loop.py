@@ -42,7 +42,7 @@ from ascan.engine.runlog import (
     write_metrics_csv,
     write_summary,
 )
-from ascan.engine.runtime import Environment, autocast_dtype, seed_all
+from ascan.engine.runtime import COMPILE_AUTO_MIN_STEPS, Environment, autocast_dtype, seed_all, should_compile
 from ascan.engine.sampler import EpochBatchSampler
 from ascan.engine.settings import FitConfig, fit_config
 from ascan.engine.state import TrainingState, restore_rng_streams, save_training_state
@@ -310,6 +310,13 @@ def build_loop(task: Task, model: nn.Module, optimizer, scheduler, train_set: Da
         train_model = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda"
                                               else None)
     sampler = EpochBatchSampler(len(train_set), cfg.batch_size, env.dist.rank, env.dist.world_size, seed=cfg.seed)
+    planned_steps = cfg.epochs * sampler.batches_per_epoch
+    if should_compile(cfg.compile, min(planned_steps, cfg.max_steps or planned_steps)):
+        if env.dist.is_main and cfg.progress:
+            print("compiling the training step (torch.compile: the first step takes 1-2 minutes on a small CPU, "
+                  f"seconds once cached; compile=off runs eagerly, compile=auto compiles runs of >= "
+                  f"{COMPILE_AUTO_MIN_STEPS} steps)", file=sys.stderr)
+        train_model = torch.compile(train_model)  # checkpoints and EMA keep reading the plain module (state.model)
     return Loop(task, train_model, state, cfg, env, folder, info, dtype, sampler, StopFlag())
 
 

@@ -14,6 +14,12 @@ from ascan.engine.distributed import DistInfo, cleanup_distributed, init_distrib
 from ascan.errors import UserError
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+COMPILE_CHOICES = ("auto", "on", "off")
+# torch.compile of a training step costs up to ~100 s on 2 CPU cores with a cold inductor cache (seconds once
+# cached) and makes a small model's steps about 1.3x faster (BENCHMARKS.md, "Training the main job"): it pays
+# for itself after a few thousand steps cold, at once warm, so 'auto' compiles runs planned at least this long
+# and leaves short ones (tests, smoke runs) eager.
+COMPILE_AUTO_MIN_STEPS = 1000
 DEVICE_AUTO = "auto"
 # The devices a run may name (torch.device takes more: 'meta', 'mps', 'xpu', ... which ascan does not run on).
 DEVICE_NAME = Pattern(r"auto|cpu|cuda(:\d+)?", "'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -90,3 +96,12 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 def seed_all(seed: int, rank: int = 0) -> None:
     """Python, NumPy and torch generators from ``seed + rank`` (timm's ``random_seed``)."""
     random_seed(seed, rank)
+
+
+def should_compile(setting_: str, planned_steps: int) -> bool:
+    """Whether a run compiles its training model: 'on', 'off', or 'auto' (long enough to repay the compile)."""
+    if setting_ not in COMPILE_CHOICES:
+        raise ValueError(f"compile must be one of {COMPILE_CHOICES}, got {setting_!r}")
+    if setting_ == "auto":
+        return planned_steps >= COMPILE_AUTO_MIN_STEPS
+    return setting_ == "on"

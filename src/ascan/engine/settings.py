@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ascan.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check_ranges, setting
-from ascan.engine.runtime import AMP_CHOICES, DEVICE_NAME
+from ascan.engine.runtime import AMP_CHOICES, COMPILE_CHOICES, DEVICE_NAME
 
 MINUTES_PER_WEEK = 7 * 24 * 60
 EMA_DECAY_RANGE = Range(0.0, 1.0, low_open=True, high_open=True)
@@ -43,6 +43,7 @@ class FitConfig:
     ema_decay: float | None = setting(None, EMA_DECAY_RANGE)  # None: no model EMA
     ema_warmup: bool = True  # timm's EMA warm-up: the decay ramps up, so EMA helps short runs too
     channels_last: bool = False  # the model's memory format (the task converts its inputs)
+    compile: str = setting("off", choices=COMPILE_CHOICES)  # torch.compile the training model ('auto': long runs)
     eval_every: int = setting(1, EVAL_EVERY_RANGE)  # epochs between evaluations; the last one always
     checkpoint_every_steps: int | None = setting(None, CHECKPOINT_STEPS_RANGE)  # mid-epoch checkpoints
     checkpoint_every_minutes: float | None = setting(DEFAULT_CHECKPOINT_MINUTES, CHECKPOINT_MINUTES_RANGE)
@@ -61,6 +62,7 @@ class RunSettings:
     seed: int = setting(0, SEED_RANGE)
     device: str = setting("auto", DEVICE_NAME)  # 'auto', 'cpu', 'cuda', 'cuda:1'
     amp: str = setting("auto", choices=AMP_CHOICES)  # 'auto': bf16 on GPUs and on CPUs with AMX/AVX512-BF16
+    compile: str = setting("off", choices=COMPILE_CHOICES)  # torch.compile the training step; 'auto': long runs only
     deterministic: bool = False
     threads: int | None = setting(None, AT_LEAST_ONE)  # torch.set_num_threads; None: torch's default
     eval_every: int = setting(1, EVAL_EVERY_RANGE)  # epochs between evaluations (the last always); 0: at the end

@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch.utils.checkpoint import checkpoint
 
-from ascan.layers.rel_pos import gather_rel_pos_bias, relative_position_index, resize_rel_pos_table, size_is_traced
+from ascan.layers.rel_pos import (
+    cached_rel_pos_bias,
+    gather_rel_pos_bias,
+    relative_position_index,
+    resize_rel_pos_table,
+    size_is_traced,
+)
 
 # N^2 at or below which the whole bias is materialised (today's path): N <= 2048, i.e. maps up to 45x45.
 # Every attention map of ImageNet 224 (S2 28x28 and smaller) stays there; S2 at 384 (48x48) and beyond is
@@ -152,17 +158,20 @@ def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: 
     """
     if placement != "pre" and placement != "post":
         raise ValueError("kernel placement must be 'pre' or 'post', got '" + placement + "'")
-    table = resize_rel_pos_table(table, size)
     if torch.jit.is_scripting():
-        return _whole_bias_attention(q, k, v, table, size, dropout_p, placement)
+        return _whole_bias_attention(q, k, v, resize_rel_pos_table(table, size), size, dropout_p, placement)
     else:
         if size_is_traced(size):
             # A traced size (legacy ONNX export, torch.export with a dynamic height/width) cannot pick a path
             # per size: the whole-bias path is the one that is right at every size (export_mode lifts the
             # budget for static exports anyway).
-            return _whole_bias_attention(q, k, v, table, size, dropout_p, placement)
+            return _whole_bias_attention(q, k, v, resize_rel_pos_table(table, size), size, dropout_p, placement)
         n = size[0] * size[1]
         if n * n <= _budget["dense_max_pairs"]:
-            return _whole_bias_attention(q, k, v, table, size, dropout_p, placement)
+            # Interpolation and gather once per (size, dtype, table state) in inference; per call otherwise.
+            bias = cached_rel_pos_bias(table, size, q.dtype)
+            if placement == "pre":
+                return attention(q, k, v, bias.unsqueeze(0), dropout_p)
+            return attention(q, k, v, None, dropout_p) + torch.matmul(bias.to(v.dtype), v)
         rows = max(1, _budget["chunk_pairs"] // n)
-        return _chunked_bias_attention(q, k, v, table, size, dropout_p, placement, rows)
+        return _chunked_bias_attention(q, k, v, resize_rel_pos_table(table, size), size, dropout_p, placement, rows)

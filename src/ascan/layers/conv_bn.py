@@ -54,8 +54,9 @@ class ConvAct(nn.Module):
     On CPU, a GELU after the convolution runs as a oneDNN post-op inside the convolution
     (``torch.ops.mkldnn._convolution_pointwise``, the kernel inductor itself emits): the same numbers,
     without a separate read and write of the conv's output. Anywhere that kernel does not apply
-    (autograd, CUDA, fp16, tracing or compiling, where inductor fuses by itself) the module runs the
-    plain ``act(conv(x))``, which computes the same function.
+    (autograd, CUDA, fp16, autocast, tracing or compiling, where inductor fuses by itself) the module runs the
+    plain ``act(conv(x))``, which computes the same function. For bf16 the fused kernel needs bf16 weights
+    (``ascan.fuse(model, dtype=torch.bfloat16)``), not autocast.
     """
 
     def __init__(self, conv: nn.Conv2d, act: nn.Module):
@@ -66,8 +67,11 @@ class ConvAct(nn.Module):
 
     @torch.jit.unused
     def _use_onednn(self, x: torch.Tensor) -> bool:
+        # Not under autocast: the direct oneDNN op is outside autocast's op list, so it would run the conv in
+        # the weights' fp32 (profiled: the stem's conv did, issue 13); the plain path lets autocast cast it.
         return (self.onednn_attr is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
                 and x.dtype in _ONEDNN_DTYPES and self.conv.weight.dtype == x.dtype
+                and not torch.is_autocast_enabled("cpu")
                 and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

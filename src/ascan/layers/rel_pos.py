@@ -12,6 +12,8 @@ rows of a block of queries, computing their table indices by arithmetic on the t
 ``N x N`` index exists), which is what the memory-bounded attention of dense tasks uses.
 """
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, trunc_normal_
@@ -159,3 +161,84 @@ class RelPosBiasTable(nn.Module):
         with torch.no_grad():
             self.table = nn.Parameter(resize_rel_pos_table(self.table.data, size).contiguous())
         self.feat_size = (int(size[0]), int(size[1]))
+
+
+# ---- inference cache of the whole bias ---------------------------------------------------------------------
+# In inference the (heads, N, N) bias of a given map size never changes, yet gathering it from the table (and
+# interpolating the table when the size differs) on every call cost 3-6 % of ascan_tiny's bf16 forward
+# (aten::index, profiled). The cache keeps it per table, keyed by everything the bias depends on: the map
+# size, the bias dtype and device, and the table's identity as the autograd version counter and storage see it
+# (``_version`` moves on every in-place edit: ``load_state_dict``'s copy, an optimizer step, ``add_`` under
+# ``no_grad``; ``set_input_size`` installs a new Parameter; ``model.to(...)`` a new storage and dtype).
+MAX_CACHED_SIZES = 4  # entries per table: a few input sizes in turn (dense tasks), bounded memory
+_bias_cache: dict[int, tuple[weakref.ref, dict]] = {}
+_cache_state = {"enabled": True}
+
+
+def set_rel_pos_cache(enabled: bool) -> bool:
+    """Turn the inference bias cache on or off (on by default; off = the per-call path, for before/after
+    measurements); returns the previous setting."""
+    if not isinstance(enabled, bool):
+        raise ValueError(f"enabled must be a bool, got {enabled!r}")
+    previous = _cache_state["enabled"]
+    _cache_state["enabled"] = enabled
+    if not enabled:
+        _bias_cache.clear()
+    return previous
+
+
+def _forget(table_id: int) -> None:
+    _bias_cache.pop(table_id, None)
+
+
+def clear_rel_pos_cache(table: torch.Tensor | None = None) -> None:
+    """Drop the cached biases of ``table`` (all tables with ``None``). Needed only after an edit the version
+    counter does not see: a write through ``table.data``."""
+    if table is None:
+        _bias_cache.clear()
+    else:
+        _forget(id(table))
+
+
+def bias_cache_allowed() -> bool:
+    """Whether a cached bias may stand in for a computed one: only in inference (grad mode off, so no gradient
+    must reach the table and no cached tensor is saved for backward -- one made under ``inference_mode`` could
+    not be), and never while a tracer or compiler records (there the bias is computed per call, which keeps
+    ``torch.compile(fullgraph=True)`` free of graph breaks and exported graphs self-contained)."""
+    if torch.jit.is_scripting() or not _cache_state["enabled"]:
+        return False
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
+        return False
+    return not torch.is_grad_enabled()
+
+
+def whole_rel_pos_bias(table: torch.Tensor, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """Whole bias ``(heads, N, N)`` in ``dtype`` for a map of ``size``, from the table at its stored size."""
+    resized = resize_rel_pos_table(table, size)
+    dy, dx = relative_position_index(size[0], size[1], device=table.device)
+    return resized[:, dy, dx].to(dtype)
+
+
+def cached_rel_pos_bias(table: torch.Tensor, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """:func:`whole_rel_pos_bias`, computed once per (size, dtype, device, table state) where
+    :func:`bias_cache_allowed`, per call otherwise. Equal to the per-call bias bit for bit."""
+    if not bias_cache_allowed():
+        return whole_rel_pos_bias(table, size, dtype)
+    key = (int(size[0]), int(size[1]), dtype, table.device, table.dtype, tuple(table.shape), table._version,
+           table.data_ptr())
+    slot = _bias_cache.get(id(table))
+    if slot is None or slot[0]() is not table:
+        slot = (weakref.ref(table), {})
+        _bias_cache[id(table)] = slot
+        weakref.finalize(table, _forget, id(table))
+    entries = slot[1]
+    bias = entries.get(key)
+    if bias is None:
+        with torch.no_grad():
+            bias = whole_rel_pos_bias(table, size, dtype).contiguous()
+        # a stale entry (older version of the table) is never hit again: keep only the newest few
+        stale = [k for k in entries if k[6:] != key[6:]]
+        for k in stale + list(entries)[: max(0, len(entries) - len(stale) - MAX_CACHED_SIZES + 1)]:
+            entries.pop(k, None)
+        entries[key] = bias
+    return bias

@@ -18,8 +18,9 @@ import ascan  # noqa: F401  (registers ascan models in timm)
 from ascan.config import AT_LEAST_ONE
 from ascan.data.datasets import build_dataset
 from ascan.engine import DistInfo, checkpoint_path, load_checkpoint, load_model_state, load_weights_file, resolve_device
-from ascan.engine.runtime import DEVICE_NAME
+from ascan.engine.runtime import DEVICE_NAME, autocast_dtype
 from ascan.errors import UserError
+from ascan.fusion import fast_inference
 from ascan.model_kwargs import check_config_model_kwargs, check_model_kwargs
 from ascan.train.config import IMAGE_SIZE_RANGE, TrainConfig, config_from_dict
 from ascan.train.metrics import evaluate
@@ -27,6 +28,8 @@ from ascan.train.weights import create_model, read_weights_metadata, resize_stat
 
 DEFAULT_EVAL_BATCH = 500
 DEFAULT_IMAGE_SIZE = 32  # a .safetensors file without image_size metadata: Fashion-MNIST's training size
+# The fast path's dtype where the device has none of its own (a forced --fast on a CPU without bf16 units).
+FAST_DTYPE = torch.bfloat16
 
 
 def _config_from_safetensors(path: Path, model_name: str | None) -> TrainConfig:
@@ -49,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="timm model name (only for .safetensors without metadata)")
     parser.add_argument("--no-ema", action="store_true", help="evaluate the raw weights, not the EMA")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                        help="inference fast path (ascan.fast_inference: BN folded, low-precision weights, "
+                             "channels-last); default: on where the device has native bf16 (as amp 'auto'). "
+                             "--no-fast evaluates in fp32, exactly as the weights are stored")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
@@ -94,11 +101,18 @@ def main(argv: list[str]) -> int:
     load_model_state(model, resize_state_dict(model, weights), args.checkpoint)  # also maps legacy keys
     device = resolve_device(args.device, DistInfo())
     model.to(device)
-    result = evaluate(model, eval_set, info.num_classes, device, args.batch_size)
+    native = autocast_dtype("auto", device)  # bf16 where the device computes it natively, else None
+    fast = args.fast if args.fast is not None else native is not None
+    precision = "fp32"
+    if fast:
+        dtype = native or FAST_DTYPE
+        model = fast_inference(model, dtype, channels_last=True)
+        precision = f"{str(dtype).removeprefix('torch.')} fast path"
+    result = evaluate(model, eval_set, info.num_classes, device, args.batch_size) | {"precision": precision}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{cfg.model.name} on {cfg.data.dataset}/{cfg.data.eval_split} ({result['n']} images): "
+        print(f"{cfg.model.name} on {cfg.data.dataset}/{cfg.data.eval_split} ({result['n']} images, {precision}): "
               f"top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  loss {result['loss']:.4f}")
     sys.stdout.flush()
     return 0

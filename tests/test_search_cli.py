@@ -1,0 +1,50 @@
+"""``ascan search``: user errors are one line with exit 2, and a previous search is never overwritten silently."""
+
+from __future__ import annotations
+
+import pytest
+
+from ascan.cli import main
+from ascan.errors import EXIT_USER_ERROR
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--budget-ms", "-1"], "--budget-ms"),
+    (["--budget-ms", "50", "--trials", "0"], "--trials"),
+    (["--budget-ms", "50", "--depths", "1-2,1-4"], "--depths"),
+    (["--budget-ms", "50", "--letters", "C,CQ,CT,CT"], "--letters"),
+    (["--budget-ms", "50", "--reference", "CQ-C"], "--reference"),
+    (["--budget-ms", "50", "--proxy-train", "1"], "train_subset"),
+])
+def test_user_errors_are_one_line_exit_2(tmp_path, capsys, argv, message) -> None:
+    assert main(["search", "--output", str(tmp_path / "s"), *argv]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_refuses_a_folder_that_holds_a_search(tmp_path, capsys) -> None:
+    (tmp_path / "study.db").write_bytes(b"")
+    assert main(["search", "--output", str(tmp_path), "--budget-ms", "50"]) == EXIT_USER_ERROR
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "study.db").exists()
+
+
+def test_resume_needs_a_search(tmp_path, capsys) -> None:
+    assert main(["search", "--output", str(tmp_path), "--resume"]) == EXIT_USER_ERROR
+    assert "holds no search" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tiny_search_end_to_end(tmp_path) -> None:
+    out = tmp_path / "s"
+    argv = ["search", "--output", str(out), "--budget-ratio", "1.0", "--trials", "2", "--final-top", "1",
+            "--final-epochs", "1", "--proxy-train", "256", "--proxy-eval", "256", "--proxy-epochs", "1",
+            "--batch", "8", "--timing-repeats", "1", "--depths", "1-2,1-2,1-3,1-3",
+            "--config", "configs/fashion_mnist.yaml"]
+    assert main(argv) == 0
+    for name in ("study.db", "latency.json", "trials.csv", "pareto.png", "final.csv", "winners.txt"):
+        assert (out / name).is_file()
+    import timm
+
+    layout = (out / "winners.txt").read_text().split("\t")[0]
+    timm.create_model("ascan_nano", layout=layout)

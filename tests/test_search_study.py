@@ -1,0 +1,93 @@
+"""The Optuna study: a killed worker's finished trials survive, and two workers never train one layout twice.
+
+Workers run in subprocesses on one SQLite study with a fake, fast objective (the proxy is tested apart):
+each real evaluation appends the layout to a log, so a layout trained twice would show up there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+
+from ascan.search.study import Claims, open_study, sqlite_url, trained_trials
+
+CANDIDATES = [f"C-{'C' * a}{'T' * b}" for a in range(1, 5) for b in range(0, 3)]  # 12 layouts
+
+WORKER = textwrap.dedent("""
+    import sys, time, zlib
+    import optuna
+    from ascan.search.study import make_objective, open_study, run_worker
+    url, log, n, sleep = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    cands = sys.argv[5].split(",")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(url, "s", cands, 100.0, heartbeat_s=1, grace_s=2)
+
+    def train(trial, layout):
+        time.sleep(sleep)
+        with open(log, "a") as fh:
+            fh.write(layout + "\\n")
+        return float(zlib.crc32(layout.encode()) % 100)
+
+    run_worker(study, make_objective(study, url, lambda lay: float(len(lay)), 100.0, train), n)
+""")
+
+
+def _worker(tmp: Path, url: str, log: Path, n: int, sleep: float) -> subprocess.Popen:
+    script = tmp / "worker.py"
+    script.write_text(WORKER)
+    return subprocess.Popen([sys.executable, str(script), url, str(log), str(n), str(sleep), ",".join(CANDIDATES)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _load(url: str) -> optuna.Study:
+    return optuna.load_study(study_name="s", storage=url)
+
+
+def test_two_workers_never_evaluate_the_same_layout(tmp_path) -> None:
+    url = sqlite_url(tmp_path / "study.db")
+    open_study(url, "s", CANDIDATES, 100.0)  # created once, as the first CLI worker does
+    log = tmp_path / "evaluated.txt"
+    workers = [_worker(tmp_path, url, log, 10, 0.2) for _ in range(2)]
+    assert [w.wait(timeout=120) for w in workers] == [0, 0]
+    evaluated = log.read_text().split()
+    assert len(evaluated) == len(set(evaluated)) >= 5  # every training ran on a layout no one else trained
+    study = _load(url)
+    workers_seen = {t.user_attrs["worker"] for t in study.trials}
+    assert len(workers_seen) == 2  # both really worked on the study
+    trained = [t.user_attrs["layout"] for t in trained_trials(study)]
+    assert sorted(trained) == sorted(evaluated)
+    assert set(Claims(url).all()) == set(evaluated)
+
+
+def test_killed_search_resumes_without_losing_finished_trials(tmp_path) -> None:
+    url = sqlite_url(tmp_path / "study.db")
+    log = tmp_path / "evaluated.txt"
+    worker = _worker(tmp_path, url, log, 8, 0.5)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # kill -9 once three trials finished (a fourth is running)
+        if log.exists() and len(log.read_text().split()) >= 3:
+            break
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    before = {t.number: (t.user_attrs["layout"], t.value) for t in _load(url).trials
+              if t.state == optuna.trial.TrialState.COMPLETE}
+    assert len(before) >= 3
+    time.sleep(2.5)  # past the heartbeat grace period: the killed trial is stale
+    assert _worker(tmp_path, url, log, 8, 0.05).wait(timeout=120) == 0
+    study = _load(url)
+    after = {t.number: (t.user_attrs["layout"], t.value) for t in study.trials}
+    assert all(after[k] == v for k, v in before.items())  # nothing finished was lost or redone
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    finished = [t for t in study.trials if t.state in done]
+    assert len(finished) >= 8
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    evaluated = log.read_text().split()
+    assert set(before.values()) and all(evaluated.count(lay) == 1 for lay, _ in before.values())
