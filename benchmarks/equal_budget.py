@@ -298,8 +298,11 @@ def aggregate(keys: list[str], sizes: dict, plan: dict, runs: dict) -> dict[str,
     return rows
 
 
-def pm(mean: float, std: float, digits: int = 2) -> str:
-    return "-" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+def pm(mean: float, std: float, n: int, digits: int = 2) -> str:
+    """``mean ± std`` over ``n`` seeds; the mean alone for one seed (no spread was measured)."""
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
 
 
 def markdown(rows: dict[str, dict], header: str) -> str:
@@ -310,15 +313,16 @@ def markdown(rows: dict[str, dict], header: str) -> str:
     best = max((r["top1"] for r in rows.values() if not math.isnan(r["top1"])), default=math.nan)
     for r in rows.values():
         what = f"`{r['layout']}`" if r["layout"] else f"`{r['name']}` " + json.dumps(r["kwargs"])
-        top1 = pm(r["top1"], r["top1_std"])
+        n = len(r["seeds"])
+        top1 = pm(r["top1"], r["top1_std"], n)
         if r["top1"] == best:
             top1 = f"**{top1}**"
         label = f"**{r['label']}**" if r["group"] == "ours" else r["label"]
-        lines.append(f"| {label} | {what} | {len(r['seeds'])} | {r['epochs']} | {top1} | "
-                     f"{pm(r['ema_top1'], r['ema_top1_std'])} | {r['params_m']:.2f} | {r['mmacs']:.1f} | "
+        lines.append(f"| {label} | {what} | {n} | {r['epochs']} | {top1} | "
+                     f"{pm(r['ema_top1'], r['ema_top1_std'], n)} | {r['params_m']:.2f} | {r['mmacs']:.1f} | "
                      f"{r['train_img_s']:.0f} | {r['infer_img_s']:.0f} | "
-                     f"{pm(r['train_s'] / 60, r['train_s_std'] / 60)} | "
-                     f"{pm(r['wall_s'] / 60, r['wall_s_std'] / 60)} |")
+                     f"{pm(r['train_s'] / 60, r['train_s_std'] / 60, n)} | "
+                     f"{pm(r['wall_s'] / 60, r['wall_s_std'] / 60, n)} |")
     return "\n".join(lines)
 
 
@@ -347,7 +351,9 @@ def plot(rows: dict[str, dict], path: Path, title: str) -> None:
                     fontsize=8, fontweight="bold" if group == "ours" else "normal")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    # label only the minor ticks 2, 3, 5 (x 10^k): all of them overlap on a one-decade axis
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+        lambda v, _: f"{v:g}" if round(v / 10 ** math.floor(math.log10(v))) in (2, 3, 5) else ""))
     ax.set_xlabel("inference img/s (log scale)")
     ax.set_ylabel("test top-1 % (mean ± std over seeds)")
     ax.set_title(title, fontsize=9)

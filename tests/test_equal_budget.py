@@ -71,3 +71,9 @@ def test_read_run_sums_epoch_times_and_waits_for_the_summary(bench, tmp_path):
     assert run["test_top1"] == 91.0 and run["process_s"] is None
     assert bench.mean_std([90.0, 92.0]) == (91.0, pytest.approx(2 ** 0.5))
     assert bench.mean_std([90.0]) == (90.0, 0.0)
+
+
+def test_a_single_seed_shows_no_spread(bench):
+    assert bench.pm(91.0, 2 ** 0.5, n=2) == "91.00 ± 1.41"
+    assert bench.pm(90.0, 0.0, n=1) == "90.00"  # one seed: no "± 0.00", nothing was measured
+    assert bench.pm(float("nan"), float("nan"), n=0) == "-"
