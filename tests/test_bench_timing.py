@@ -93,6 +93,21 @@ def _fake_cases(clock: FakeClock, cost: dict[str, float], calls: list[str]):
     return cases, state
 
 
+def test_many_cases_start_their_rounds_spread_across_the_round():
+    """24 cases in 5 rounds: each round starts 4 cases further on, so a case is not timed near the same place
+    of every round (where a drift within rounds would bias it every time)."""
+    clock = FakeClock()
+    calls: list[str] = []
+    cost = {f"m{i}": 0.1 for i in range(24)}
+    cases, _ = _fake_cases(clock, cost, calls)
+    run_interleaved(cases, warmup=0, iters=1, repeats=5, clock=clock)
+    firsts = [calls[24 * r] for r in range(5)]
+    assert firsts == ["m0", "m4", "m8", "m12", "m16"]
+    positions = [calls[24 * r: 24 * (r + 1)].index("m0") for r in range(5)]
+    assert max(positions) - min(positions) >= 12  # m0 visits both halves of the round
+    assert sorted(calls) == sorted(list(cost) * 5)  # every case exactly once per round
+
+
 def test_run_interleaved_order_warmup_and_per_round_times():
     clock = FakeClock()
     calls: list[str] = []

@@ -107,6 +107,15 @@ def rotated(items: Sequence, shift: int) -> list:
     return list(items[shift:]) + list(items[:shift])
 
 
+def round_shift(num_cases: int, repeats: int) -> int:
+    """How far each round's order is rotated: ``num_cases / repeats`` (at least 1), so that over the rounds every
+    case is timed at positions spread across the round. A rotation by one leaves a case at nearly the same place
+    in every round when there are many more cases than rounds, and a drift within a round (a 2-core host whose
+    speed moves by 20-30 % over seconds, seen in the layout search's 24 models) then biases the same cases in
+    every round, which the median cannot remove."""
+    return max(1, num_cases // repeats)
+
+
 def plan_size(num_cases: int, warmup: int, repeats: int) -> int:
     """Number of progress units :func:`run_interleaved` reports: one per warm-up block and timed block."""
     return num_cases * ((1 if warmup > 0 else 0) + repeats)
@@ -140,8 +149,9 @@ def run_interleaved(
             case.sync()
             report(f"warm-up {case.key}")
     times: dict[str, list[float]] = {case.key: [] for case in cases}
+    shift = round_shift(len(cases), repeats)
     for round_index in range(repeats):
-        for case in rotated(cases, round_index):
+        for case in rotated(cases, round_index * shift):
             times[case.key].append(time_iterations(case.step, iters, clock, case.sync))
             report(f"round {round_index + 1}/{repeats} {case.key}")
     return {case.key: Measurement(case.batch_size, tuple(times[case.key])) for case in cases}
