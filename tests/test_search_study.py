@@ -35,7 +35,7 @@ WORKER = textwrap.dedent("""
             fh.write(layout + "\\n")
         return float(zlib.crc32(layout.encode()) % 100)
 
-    run_worker(study, make_objective(study, url, lambda lay: float(len(lay)), 100.0, train), n)
+    run_worker(study, make_objective(study, url, lambda lay: float(len(lay)), 100.0, train), n, grace_s=2)
 """)
 
 
@@ -68,22 +68,25 @@ def test_two_workers_never_evaluate_the_same_layout(tmp_path) -> None:
 
 def test_killed_search_resumes_without_losing_finished_trials(tmp_path) -> None:
     url = sqlite_url(tmp_path / "study.db")
+    open_study(url, "s", CANDIDATES, 100.0)  # created before the worker, so the test can poll it
     log = tmp_path / "evaluated.txt"
     worker = _worker(tmp_path, url, log, 8, 0.5)
     deadline = time.time() + 60
-    while time.time() < deadline:  # kill -9 once three trials finished (a fourth is running)
-        if log.exists() and len(log.read_text().split()) >= 3:
+    complete = optuna.trial.TrialState.COMPLETE
+    while time.time() < deadline:  # kill -9 once the database holds three finished trials (a fourth is running)
+        if len([t for t in _load(url).trials if t.state == complete]) >= 3:
             break
-        time.sleep(0.05)
+        time.sleep(0.1)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     before = {t.number: (t.user_attrs["layout"], t.value) for t in _load(url).trials
-              if t.state == optuna.trial.TrialState.COMPLETE}
+              if t.state == complete}
     assert len(before) >= 3
     time.sleep(2.5)  # past the heartbeat grace period: the killed trial is stale
     assert _worker(tmp_path, url, log, 8, 0.05).wait(timeout=120) == 0
     study = _load(url)
-    after = {t.number: (t.user_attrs["layout"], t.value) for t in study.trials}
+    # a trial killed between Optuna's ask and its layout claim has no layout: it is failed, nothing was trained
+    after = {t.number: (t.user_attrs.get("layout"), t.value) for t in study.trials}
     assert all(after[k] == v for k, v in before.items())  # nothing finished was lost or redone
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     finished = [t for t in study.trials if t.state in done]
@@ -91,3 +94,17 @@ def test_killed_search_resumes_without_losing_finished_trials(tmp_path) -> None:
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     evaluated = log.read_text().split()
     assert set(before.values()) and all(evaluated.count(lay) == 1 for lay, _ in before.values())
+
+
+def test_a_trial_killed_before_it_claimed_a_layout_is_failed_on_the_next_start(tmp_path) -> None:
+    """Optuna's heartbeat never fails a trial whose worker died before the heartbeat started: the next worker
+    does, if it never claimed a layout and is older than the grace period. Claimed or young trials are left."""
+    from ascan.search.study import fail_unclaimed_orphans
+
+    study = open_study(sqlite_url(tmp_path / "study.db"), "s", CANDIDATES, 100.0)
+    orphan, claimed = study.ask(), study.ask()
+    claimed.set_user_attr("layout", CANDIDATES[0])
+    assert fail_unclaimed_orphans(study, grace_s=3600) == []  # too young: may belong to a live worker
+    assert fail_unclaimed_orphans(study, grace_s=0) == [orphan.number]
+    states = {t.number: t.state for t in study.trials}
+    assert states == {orphan.number: optuna.trial.TrialState.FAIL, claimed.number: optuna.trial.TrialState.RUNNING}

@@ -18,6 +18,7 @@ failed if that trial is still running) without training.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
@@ -152,9 +153,25 @@ def trained_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "duplicate_of" not in t.user_attrs]
 
 
+def fail_unclaimed_orphans(study: optuna.Study, grace_s: float = GRACE_S) -> list[int]:
+    """Mark failed the running trials that never claimed a layout and started over ``grace_s`` ago.
+
+    Optuna creates a trial before its heartbeat thread starts; a worker killed in between leaves a RUNNING trial
+    with no heartbeat, which Optuna's stale-trial check never fails. A live trial claims its layout within
+    milliseconds of starting, so an unclaimed one this old belongs to a dead worker. Returns their numbers."""
+    now = datetime.datetime.now()
+    orphans = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if "layout" not in t.user_attrs and t.datetime_start is not None
+               and (now - t.datetime_start).total_seconds() > grace_s]
+    for number in orphans:
+        study.tell(number, state=TrialState.FAIL)
+    return orphans
+
+
 def run_worker(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int,
-               callbacks: list | None = None) -> None:
+               callbacks: list | None = None, grace_s: float = GRACE_S) -> None:
     """Run trials until the study holds ``n_trials`` finished ones (across all workers)."""
+    fail_unclaimed_orphans(study, grace_s)
     stop = optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
     if len([t for t in study.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) >= n_trials:
