@@ -37,6 +37,15 @@ def _entries(table: torch.Tensor) -> dict:
     return {} if slot is None or slot[0]() is not table else slot[1]
 
 
+def _without_cache(compute):
+    """``compute()`` on the per-call path (the reference the cached results are compared with)."""
+    previous = set_rel_pos_cache(False)
+    try:
+        return compute()
+    finally:
+        set_rel_pos_cache(previous)
+
+
 def test_cached_bias_equals_per_call_bias_exactly():
     torch.manual_seed(0)
     rel = RelPosBiasTable(4, (7, 7))
@@ -54,11 +63,7 @@ def test_attention_with_cache_equals_attention_without():
     q, k, v = (torch.randn(2, 2, 16, 8) for _ in range(3))
     with torch.no_grad():
         for placement in ("pre", "post"):
-            previous = set_rel_pos_cache(False)
-            try:
-                expected = rel_pos_attention(q, k, v, rel.table, (4, 4), placement=placement)
-            finally:
-                set_rel_pos_cache(previous)
+            expected = _without_cache(lambda p=placement: rel_pos_attention(q, k, v, rel.table, (4, 4), placement=p))
             got = rel_pos_attention(q, k, v, rel.table, (4, 4), placement=placement)
             assert torch.equal(got, expected)
     assert _entries(rel.table)
@@ -84,30 +89,18 @@ def test_cache_follows_input_size_and_set_input_size():
     block = next(m for m in model.modules() if isinstance(m, ParallelTransformerBlock))
     x32, x64 = torch.randn(1, 1, 32, 32), torch.randn(1, 1, 64, 64)
     with torch.no_grad():
-        previous = set_rel_pos_cache(False)
-        try:
-            expected = {32: model(x32), 64: model(x64)}
-        finally:
-            set_rel_pos_cache(previous)
+        expected = _without_cache(lambda: {32: model(x32), 64: model(x64)})
         for _ in range(2):  # fill, then hit, alternating sizes
             assert torch.equal(model(x32), expected[32])
             assert torch.equal(model(x64), expected[64])
         old_table = block.rel_pos.table
         model.set_input_size(64)  # a new (resized) table: the old entries must not be used
         assert block.rel_pos.table is not old_table
-        previous = set_rel_pos_cache(False)
-        try:
-            expected64 = model(x64)
-        finally:
-            set_rel_pos_cache(previous)
+        expected64 = _without_cache(lambda: model(x64))
         assert torch.equal(model(x64), expected64)
         model.load_state_dict({k: torch.zeros_like(v) if k.endswith("rel_pos.table") else v
                                for k, v in model.state_dict().items()})
-        previous = set_rel_pos_cache(False)
-        try:
-            expected_zero = model(x64)
-        finally:
-            set_rel_pos_cache(previous)
+        expected_zero = _without_cache(lambda: model(x64))
         assert torch.equal(model(x64), expected_zero)
 
 

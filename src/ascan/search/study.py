@@ -137,8 +137,7 @@ def make_objective(study: optuna.Study, url: str, predict_ms: Callable[[str], fl
         owner = claims.claim(layout, trial.number, study)
         if owner is not None:
             trial.set_user_attr("duplicate_of", owner)
-            done = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
-                study._study_id, owner))
+            done = study.get_trials(deepcopy=False)[owner]  # trial numbers are their indices in the study
             if done.state == TrialState.COMPLETE:
                 return float(done.value)
             raise optuna.TrialPruned(f"layout {layout} is being evaluated by trial {owner}")
