@@ -365,6 +365,18 @@ def plot(rows: dict[str, dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def imported_runs(path: Path, plan: dict) -> dict[str, dict[str, dict]]:
+    """The finished runs of an earlier report, refused unless it was made with this plan (same epochs)."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--import-runs {path}: not a readable equal_budget.json ({err})") from None
+    if not isinstance(earlier, dict) or earlier.get("plan") != plan:
+        raise ValueError(f"--import-runs {path}: made with another plan (models, minutes or epochs differ)")
+    return {key: {seed: run for seed, run in by_seed.items() if run is not None and run.get("completed")}
+            for key, by_seed in earlier.get("runs", {}).items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -380,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/equal_budget"),
                         help="folder for equal_budget.{json,md,png}")
     parser.add_argument("--remeasure", action="store_true", help="measure and plan again (finished runs stay)")
+    parser.add_argument("--import-runs", type=Path, metavar="JSON",
+                        help="an earlier equal_budget.json made with the same plan: its finished runs count as "
+                             "done (seeds whose run folders are gone)")
     parser.add_argument("--measure-only", action="store_true", help="measure and print the plan, train nothing")
     parser.add_argument("--extra-set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="more overrides for every run and the measurement: smoke tests only (e.g. "
@@ -415,11 +430,16 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     if args.measure_only:
         return 0
+    try:
+        imported = imported_runs(args.import_runs, plan) if args.import_runs else {}
+    except ValueError as err:
+        parser.error(str(err))
     runs: dict[str, dict[int, dict | None]] = {k: {} for k in keys}
     for seed in args.seeds:  # seed-major: a partial benchmark has every model at the first seeds
         for key in keys:
-            runs[key][seed] = train(key, seed, plan[key]["epochs"], args.root, args.config, args.compile,
-                                    args.threads, args.extra_set)
+            earlier = imported.get(key, {}).get(str(seed))
+            runs[key][seed] = earlier or train(key, seed, plan[key]["epochs"], args.root, args.config,
+                                               args.compile, args.threads, args.extra_set)
     rows = aggregate(keys, sizes, plan, runs)
     header = (f"Fashion-MNIST, equal training budget of {args.minutes:g} min per run (epochs = whole epochs that "
               f"fit, from the measured training img/s), compile {args.compile}, seeds {args.seeds}, config "

@@ -77,3 +77,17 @@ def test_a_single_seed_shows_no_spread(bench):
     assert bench.pm(91.0, 2 ** 0.5, n=2) == "91.00 ± 1.41"
     assert bench.pm(90.0, 0.0, n=1) == "90.00"  # one seed: no "± 0.00", nothing was measured
     assert bench.pm(float("nan"), float("nan"), n=0) == "-"
+
+
+def test_imported_runs_need_the_same_plan_and_keep_only_finished_runs(bench, tmp_path):
+    plan = {"C1": {"epochs": 3}, "resnet": {"epochs": 7}}
+    report = tmp_path / "equal_budget.json"
+    report.write_text(json.dumps({"plan": plan, "runs": {
+        "C1": {"0": {"completed": True, "test_top1": 90.3}, "1": None},
+        "resnet": {"0": {"completed": False, "test_top1": 50.0}}}}))
+    assert bench.imported_runs(report, plan) == {"C1": {"0": {"completed": True, "test_top1": 90.3}}, "resnet": {}}
+    with pytest.raises(ValueError, match="another plan"):
+        bench.imported_runs(report, {**plan, "C1": {"epochs": 4}})
+    report.write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable"):
+        bench.imported_runs(report, plan)

@@ -48,3 +48,19 @@ def test_tiny_search_end_to_end(tmp_path) -> None:
 
     layout = (out / "winners.txt").read_text().split("\t")[0]
     timm.create_model("ascan_nano", layout=layout)
+
+
+def test_finalists_come_from_complete_trials_only() -> None:
+    from optuna.distributions import IntDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from ascan.search.cli import best_layouts
+
+    def trial(layout, value, state, intermediate=None):  # Optuna stores a pruned trial's last report as its value
+        return create_trial(state=state, value=value, params={"x": 0}, distributions={"x": IntDistribution(0, 1)},
+                            user_attrs={"layout": layout}, intermediate_values=intermediate or {})
+
+    trials = [trial("C-C-C-C", 80.0, TrialState.COMPLETE), trial("C-C-C-T", 85.0, TrialState.COMPLETE),
+              trial("C-C-T-T", 99.0, TrialState.PRUNED, {0: 99.0}), trial("C-T-T-T", 90.0, TrialState.COMPLETE)]
+    assert best_layouts(trials, 2) == ["C-T-T-T", "C-C-C-T"]
+    assert best_layouts(trials, 5) == ["C-T-T-T", "C-C-C-T", "C-C-C-C"]

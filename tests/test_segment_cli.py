@@ -174,3 +174,16 @@ def test_shipped_config_equals_the_defaults():
     shipped = bundled_config(DEFAULT_CONFIG)
     assert shipped is not None
     assert config_to_dict(load_config(shipped)) == config_to_dict(load_config(None))
+
+
+def test_init_from_is_applied_and_a_misfit_named(ade_root, tmp_path):
+    """``model.init_from`` reaches the backbone: a classifier of other widths is refused naming a tensor."""
+    import timm
+    from safetensors.torch import save_file
+
+    other = timm.create_model("ascan_tiny", in_chans=1, num_classes=10, layout="C-C-CT-T", widths=[16, 32, 64, 96],
+                              stem_width=16, head_width=0, block_kwargs={"T": {"head_dim": 16}})
+    weights = tmp_path / "classifier.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(weights))
+    with pytest.raises(UserError, match=r"classifier\.safetensors does not fit the backbone: stages_3\."):
+        main(_args(ade_root, tmp_path / "run", f"model.init_from={weights}"))

@@ -66,6 +66,10 @@ class DetectModelConfig:
         "fpn_channels": 64, "mask_head_channels": 64, "mask_head_convs": 2, "box_head_dim": 256,
         "box_batch_size_per_image": 128, "rpn_post_nms_top_n_train": 300})
     drop_path_rate: float = setting(0.0, DROP_RATE)
+    # backbone weights to start from: an `ascan train` run folder, its checkpoint or a .safetensors export of the
+    # same backbone (classifier head dropped, input conv adapted to RGB, position tables resized)
+    init_from: str | None = None
+    init_from_ema: bool = True  # from a checkpoint, its EMA weights when it has them
 
 
 @dataclass

@@ -258,8 +258,19 @@ def _references() -> dict[str, str]:
     return {name.upper(): lay for name, lay in TABLE3_LAYOUTS.items()}
 
 
+def best_layouts(trials, top: int) -> list[str]:
+    """The ``top`` layouts of the highest proxy top-1 among *complete* trials (a pruned trial's value is its
+    top-1 at an earlier epoch, not comparable)."""
+    from optuna.trial import TrialState
+
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return [t.user_attrs["layout"] for t in sorted(complete, key=lambda t: -t.value)[:top]]
+
+
 def report_phase(args, out: Path, study, table, proxy, plan) -> None:
     """Measure, plot, fully train the best few and the reference, and name the winners."""
+    from optuna.trial import TrialState
+
     from ascan.atomic import atomic_write_text
     from ascan.search.latency import measure_models
     from ascan.search.proxy import run_proxy
@@ -292,8 +303,9 @@ def report_phase(args, out: Path, study, table, proxy, plan) -> None:
                          predicted_ms=t.user_attrs.get("predicted_ms"), measured_ms=measured.get(lay),
                          worker=t.user_attrs.get("worker"), duplicate_of=t.user_attrs.get("duplicate_of"),
                          kind="trial"))
-    for t in trained:
-        points.append(Point(t.user_attrs["layout"], t.value, measured[t.user_attrs["layout"]]))
+    for t in trained:  # a pruned trial's value is its top-1 at the epoch it stopped: shown, never ranked
+        kind = "trial" if t.state == TrialState.COMPLETE else "pruned"
+        points.append(Point(t.user_attrs["layout"], t.value, measured[t.user_attrs["layout"]], kind))
     for name, r in refs.items():
         kind = "published" if not check_asymmetric(r["layout"]) else "symmetric"
         points.append(Point(r["layout"], r["top1"], measured[r["layout"]], kind, name))
@@ -302,8 +314,7 @@ def report_phase(args, out: Path, study, table, proxy, plan) -> None:
     write_trials_csv(out / TRIALS_CSV, rows)
     plot_pareto(out / PARETO_PNG, points, f"ascan search: {len(trained)} trials, proxy {proxy.epochs} ep x "
                 f"{proxy.train_subset} img; latency batch {setting.batch} {setting.dtype}")
-    best = sorted(trained, key=lambda t: -t.value)[:args.final_top]
-    finals = [args.reference, *[t.user_attrs["layout"] for t in best if t.user_attrs["layout"] != args.reference]]
+    finals = [args.reference, *[lay for lay in best_layouts(trained, args.final_top) if lay != args.reference]]
     if args.final_top == 0:
         return
     results = full_train(out, finals, args, proxy)

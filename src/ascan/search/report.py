@@ -18,7 +18,8 @@ CSV_FIELDS = ("number", "state", "layout", "predicted_ms", "measured_ms", "proxy
 
 @dataclass
 class Point:
-    """One layout on the plot: ``kind`` is 'trial', 'published' or 'symmetric'."""
+    """One layout on the plot: ``kind`` is 'trial', 'pruned' (top-1 at the epoch it stopped), 'published' or
+    'symmetric'."""
 
     layout: str
     top1: float
@@ -53,6 +54,10 @@ def plot_pareto(path: str | Path, points: Sequence[Point], title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 5))
     trials = [p for p in points if p.kind == "trial"]
     ax.scatter([p.measured_ms for p in trials], [p.top1 for p in trials], s=14, c="tab:gray", label="trials")
+    pruned = [p for p in points if p.kind == "pruned"]
+    if pruned:
+        ax.scatter([p.measured_ms for p in pruned], [p.top1 for p in pruned], s=14, facecolors="none",
+                   edgecolors="tab:gray", label="pruned (top-1 when stopped)")
     front = pareto_front(trials)
     ax.plot([p.measured_ms for p in front], [p.top1 for p in front], "-o", c="tab:red", ms=4, label="frontier")
     for kind, marker, colour in (("published", "*", "tab:blue"), ("symmetric", "s", "tab:green")):

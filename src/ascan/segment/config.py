@@ -65,6 +65,10 @@ class SegModelConfig:
     protocol: str = setting("smp", choices=PROTOCOLS)
     decoder_channels: int = setting(64, DECODER_CHANNELS_RANGE)
     drop_path_rate: float = setting(0.0, DROP_RATE)
+    # backbone weights to start from: an `ascan train` run folder, its checkpoint or a .safetensors export of the
+    # same backbone and kwargs (classifier head dropped, input conv adapted to RGB, position tables resized)
+    init_from: str | None = None
+    init_from_ema: bool = True  # from a checkpoint, its EMA weights when it has them
     # ascan_nano slimmed as for `ascan train` (16-32-64-128, C expansion 2): strides 2/4/8/16 on 128-px scenes.
     kwargs: dict[str, Any] = field(default_factory=lambda: {
         "widths": [16, 32, 64, 128], "stem_width": 16, "head_width": 128,

@@ -150,6 +150,11 @@ class Segmenter(nn.Module):
         return self.cfg.num_classes
 
     @property
+    def backbone(self) -> nn.Module:
+        """The timm ``features_only`` backbone (both protocols keep it as ``encoder.model``)."""
+        return self.encoder.model
+
+    @property
     def size_multiple(self) -> int:
         """Input sides must be multiples of this for ascan backbones (the coarsest map's stride)."""
         return max(self.feature_strides)
