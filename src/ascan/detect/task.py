@@ -36,7 +36,7 @@ from ascan.engine import (
     open_run,
     seed_all,
 )
-from ascan.engine.backbone_init import init_backbone_from
+from ascan.engine.backbone_init import start_backbone
 from ascan.errors import UserError
 from ascan.model_kwargs import check_model_kwargs
 
@@ -122,10 +122,8 @@ def _train(cfg: DetectConfig, run: Run, step_callback: Callable[[int], None] | N
     if run.checkpoint is not None:
         check_resumable(run.checkpoint, names, run.source)
     model = build_model(cfg, len(names))
-    if run.checkpoint is None and cfg.model.init_from:
-        done = init_backbone_from(model.backbone.body, cfg.model.init_from, cfg.model.init_from_ema)
-        if run.env.dist.is_main:
-            print(done.describe(cfg.model.init_from), flush=True)
+    if run.checkpoint is None:
+        start_backbone(model.backbone.body, cfg.model.init_from, cfg.model.init_from_ema, run.env.dist.is_main)
     model.to(run.env.device)
     per_epoch = batches_per_epoch(len(train_set), cfg.data.batch_size, run.env.dist.world_size)
     # The cosine runs over the configured epochs (max_steps only ends a run early: resumes stay exact);

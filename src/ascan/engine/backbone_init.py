@@ -79,4 +79,12 @@ def init_backbone_from(backbone: nn.Module, source: str, prefer_ema: bool = True
     return BackboneInit(len(state), tuple(unused), tuple(adapted))
 
 
-__all__ = ["BackboneInit", "init_backbone_from"]
+def start_backbone(backbone: nn.Module, source: str | None, prefer_ema: bool, announce: bool) -> None:
+    """A dense task's ``model.init_from``: load ``source`` if set, and say so on the main process."""
+    if source:
+        done = init_backbone_from(backbone, source, prefer_ema)
+        if announce:
+            print(done.describe(source), flush=True)
+
+
+__all__ = ["BackboneInit", "init_backbone_from", "start_backbone"]

@@ -18,7 +18,7 @@ import timm
 
 from ascan.config import config_to_dict
 from ascan.engine import FitResult, Run, RunInfo, batches_per_epoch, build_optimizer, fit_run, open_run, seed_all
-from ascan.engine.backbone_init import init_backbone_from
+from ascan.engine.backbone_init import start_backbone
 from ascan.errors import UserError
 from ascan.layout import LayoutError
 from ascan.model_kwargs import check_model_kwargs
@@ -73,10 +73,8 @@ def _train(cfg: SegmentConfig, run: Run, step_callback: Callable[[int], None] | 
     model = create_segmenter(cfg, info.num_classes)
     if run.checkpoint is not None:
         _check_resumable(run.checkpoint, info, run.source)
-    elif cfg.model.init_from:
-        done = init_backbone_from(model.backbone, cfg.model.init_from, cfg.model.init_from_ema)
-        if run.env.dist.is_main:
-            print(done.describe(cfg.model.init_from), flush=True)
+    else:
+        start_backbone(model.backbone, cfg.model.init_from, cfg.model.init_from_ema, run.env.dist.is_main)
     per_epoch = batches_per_epoch(len(train_set), cfg.data.batch_size, run.env.dist.world_size)
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.optim.epochs * per_epoch,
                                            round(cfg.optim.warmup_epochs * per_epoch), opt=cfg.optim.opt)
