@@ -246,6 +246,7 @@ def test_every_paper_model_is_registered_and_has_a_published_row():
     (dict(stem_stride=0), "stem_stride"), (dict(stage_strides=(2, 0, 2, 2)), "stage_strides"),
     (dict(stage_strides=(2, 2)), "stage strides"), (dict(stem_width=0), "stem_width"),
     (dict(head_width=-1), "head_width"), (dict(stem="pixel"), "stem must be one of"),
+    (dict(compile_static_size="yes"), "compile_static_size"), (dict(final_norm=1), "final_norm"),
 ])
 def test_out_of_range_settings_name_their_field(override, field):
     with pytest.raises(ValueError, match=field):

@@ -34,6 +34,7 @@ def _run(capsys, *args: str) -> tuple[int, str, str]:
         (["test_vit", "--preset", "nope"], "unknown preset"),
         (["test_vit", "--iters", "0"], "--iters"),
         (["test_vit", "--reference", "test_convnext"], "reference model"),
+        (["test_vit", "--freeze"], "--freeze is an inductor setting: it needs --compile"),
         (["--batch-sizes", "1"], "no models given"),
         (["test_vit", "--bogus-flag"], "unrecognized arguments"),
     ],

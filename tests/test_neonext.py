@@ -254,3 +254,37 @@ def test_compiles_as_one_small_graph():
     torch._dynamo.reset()
     assert result.graph_count == 1 and result.graph_break_count == 0, [r.reason for r in result.break_reasons]
     assert len(result.graphs[0].graph.nodes) < 500
+
+
+def _symbolic_inputs(graph: torch.fx.GraphModule) -> list[str]:
+    """Placeholders of a dynamo graph that carry a symbolic size (a SymInt, or a tensor with one)."""
+    out = []
+    for node in graph.graph.nodes:
+        value = node.meta.get("example_value")
+        if node.op == "placeholder" and ("s" in str(getattr(value, "shape", value))):
+            out.append(node.name)
+    return out
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_new_input_size_compiles_a_static_graph(static):
+    """Issue 16: after a second input size dynamo would compile NeoNeXt's dynamic-shape graph (~20x the
+    codegen time of a static one); the stem makes every size a static graph. (Exports stay dynamic:
+    tests/test_client_export.py, neonext at dynamic height/width.)"""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    model = small_neonext(compile_static_size=static).eval()
+    counter = CompileCounterWithBackend("eager")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    with torch.no_grad():
+        for side in (32, 48, 40):
+            x = torch.randn(1, 3, side, side + 8)
+            torch.testing.assert_close(compiled(x), model(x))
+    torch._dynamo.reset()
+    symbolic = [_symbolic_inputs(graph) for graph in counter.graphs]
+    if static:  # one static graph per size
+        assert counter.frame_count == 3 and not any(symbolic), symbolic
+    else:  # dynamo's default: the second size compiles a dynamic graph that serves the third
+        assert counter.frame_count == 2 and symbolic[1], symbolic
+

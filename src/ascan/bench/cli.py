@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fullgraph", action="store_true", help="with --compile: fail on any graph break")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
     parser.add_argument(
+        "--freeze",
+        action="store_true",
+        help="with --compile: inductor freezing for inference (weights folded as constants, oneDNN-prepacked)",
+    )
+    parser.add_argument(
         "--fuse",
         choices=("off", "on", "both"),
         default="off",
@@ -143,6 +148,7 @@ def _config_from_args(args: argparse.Namespace):
         compile=args.compile,
         fullgraph=args.fullgraph,
         compile_mode=args.compile_mode,
+        freeze=args.freeze,
         fuse=args.fuse,
         train=args.train,
         device=args.device,

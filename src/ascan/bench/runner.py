@@ -61,6 +61,7 @@ class BenchConfig:
     compile: bool = False
     fullgraph: bool = False
     compile_mode: str | None = None
+    freeze: bool = False  # with compile: inductor's freezing (weights as constants, oneDNN-prepacked) for inference
     fuse: str = setting("off", choices=FUSE_CHOICES)
     train: bool = False
     device: str = setting("cpu", choices=("cpu", "cuda"))
@@ -164,6 +165,8 @@ def check_config(cfg: BenchConfig) -> None:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but no CUDA GPU is available on this machine")
     check_model_names(cfg.models)
+    if cfg.freeze and not cfg.compile:
+        raise UserError("--freeze is an inductor setting: it needs --compile")
     if cfg.reference is not None and cfg.reference not in cfg.models:
         raise UserError(f"reference model {cfg.reference!r} is not among the benchmarked models")
     for name, options in cfg.setups:
@@ -498,7 +501,11 @@ def run(
     cases, steps = build_cases(cfg, variants)
     if on_total is not None:
         on_total(plan_size(len(cases), cfg.warmup, cfg.repeats) + 1)  # + 1: the memory pass
-    results = run_interleaved(cases, warmup=cfg.warmup, iters=cfg.iters, repeats=cfg.repeats, on_step=on_step)
+    from torch._inductor import config as inductor_config
+
+    # Compiles happen at each case's first call, inside the timing loop: the freezing switch wraps it.
+    with inductor_config.patch(freezing=cfg.freeze):
+        results = run_interleaved(cases, warmup=cfg.warmup, iters=cfg.iters, repeats=cfg.repeats, on_step=on_step)
     if on_step is not None:
         on_step("peak memory")
     peaks = measure_memory(cfg, variants, steps)

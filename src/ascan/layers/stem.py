@@ -9,7 +9,9 @@
 A stem built with ``input_multiple > 0`` refuses inputs whose sides are not multiples of it (the model's
 reduction: :func:`check_input_size`). The stem is the first module on every path through a model
 (``forward``, ``forward_features``, ``forward_intermediates``, timm's ``features_only`` wrappers, FX
-feature extractors), so the size rule is the same on all of them.
+feature extractors), so the size rule is the same on all of them. For the same reason a stem built with
+``static_size=True`` is where a model asks ``torch.compile`` for one static graph per input size
+(:func:`specialise_size`).
 """
 
 from __future__ import annotations
@@ -40,27 +42,45 @@ def check_input_size(x: torch.Tensor, reduction: int) -> torch.Tensor:
     return x
 
 
+def specialise_size(x: torch.Tensor) -> torch.Tensor:
+    """``x`` unchanged; under ``torch.compile`` (not ``torch.export``), its height and width become static.
+
+    After a second input size dynamo recompiles with symbolic sizes, and inductor's code generation for
+    NeoCell's gathers over symbolic, padded-and-halved map sizes costs ~20x that of a static graph (BENCHMARKS.md,
+    "neonext compile time"). Marked static, each new size compiles its own static graph instead, as with
+    ``torch.compile(dynamic=False)``. Exports keep their dynamic height/width.
+    """
+    if not torch.jit.is_scripting() and torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        for dim in (-2, -1):
+            torch._dynamo.mark_static(x, dim)  # inside a compiled region: specialise on the size seen
+    return x
+
+
 class ConvStem(nn.Module):
     """Conv 3x3 (stride) -> BN -> GELU -> Conv 3x3."""
 
-    def __init__(self, in_chans: int, width: int, stride: int, input_multiple: int = 0):
+    def __init__(self, in_chans: int, width: int, stride: int, input_multiple: int = 0, static_size: bool = False):
         super().__init__()
         self.input_multiple = input_multiple  # > 0: input sides must be multiples of it
+        self.static_size = static_size  # one static compiled graph per input size (specialise_size)
         self.conv1 = ConvBN(in_chans, width, 3, stride, act_layer=nn.GELU)
         self.conv2 = nn.Conv2d(width, width, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_multiple > 0:
             x = check_input_size(x, self.input_multiple)
+        if self.static_size:
+            x = specialise_size(x)
         return self.conv2(self.conv1(x))
 
 
 class PatchStem(nn.Module):
     """Space-to-depth (``stride`` x ``stride`` patches) -> 1x1 conv (no bias) -> BN."""
 
-    def __init__(self, in_chans: int, width: int, stride: int, input_multiple: int = 0):
+    def __init__(self, in_chans: int, width: int, stride: int, input_multiple: int = 0, static_size: bool = False):
         super().__init__()
         self.input_multiple = input_multiple  # > 0: input sides must be multiples of it (else: padded)
+        self.static_size = static_size  # one static compiled graph per input size (specialise_size)
         self.patch = stride
         self.space_to_depth = nn.PixelUnshuffle(stride)
         self.conv = nn.Conv2d(in_chans * stride**2, width, kernel_size=1, bias=False)
@@ -69,6 +89,8 @@ class PatchStem(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_multiple > 0:
             x = check_input_size(x, self.input_multiple)
+        if self.static_size:
+            x = specialise_size(x)
         x = F.pad(x, (0, -x.shape[-1] % self.patch, 0, -x.shape[-2] % self.patch))
         return self.norm(self.conv(self.space_to_depth(x)))
 
@@ -83,8 +105,10 @@ class PatchStem(nn.Module):
 STEMS: dict[str, type[nn.Module]] = {"conv": ConvStem, "patch": PatchStem}
 
 
-def create_stem(kind: StemKind, in_chans: int, width: int, stride: int, input_multiple: int = 0) -> nn.Module:
-    """The stem named ``kind`` (a key of :data:`STEMS`); ``input_multiple > 0`` makes it check input sizes."""
+def create_stem(kind: StemKind, in_chans: int, width: int, stride: int, input_multiple: int = 0,
+                static_size: bool = False) -> nn.Module:
+    """The stem named ``kind`` (a key of :data:`STEMS`); ``input_multiple > 0`` makes it check input sizes,
+    ``static_size`` makes ``torch.compile`` specialise on them."""
     if kind not in STEMS:
         raise ValueError(f"stem must be one of {sorted(STEMS)}, got {kind!r}")
-    return STEMS[kind](in_chans, width, stride, input_multiple)
+    return STEMS[kind](in_chans, width, stride, input_multiple, static_size)

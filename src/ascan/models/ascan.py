@@ -53,6 +53,8 @@ class AscanCfg:
     ``strict_input_size`` rejects input sides that are not multiples of the reduction (a ``ValueError``
     from the stem, so on every path: ``forward``, ``forward_intermediates``, ``features_only``, FX);
     ``False`` for models whose stem and blocks pad any size (NeoNeXt: maps of ``ceil(side / stride)``).
+    ``compile_static_size`` makes ``torch.compile`` build one static graph per input size instead of a
+    dynamic-shape one (:func:`ascan.layers.stem.specialise_size`; NeoNeXt, whose dynamic graph compiles ~20x slower).
     """
 
     layout: str = "CC-CCCT-CCTT-CTTT"
@@ -67,6 +69,7 @@ class AscanCfg:
     final_norm: bool = False
     head_norm: bool = False
     strict_input_size: bool = True
+    compile_static_size: bool = False
 
     def kwargs_for_stage(self, index: int) -> dict[str, dict]:
         """Per-letter block kwargs of one stage: ``block_kwargs`` updated by ``stage_block_kwargs[index]``."""
@@ -159,6 +162,9 @@ def build_stages(cfg: AscanCfg, img_size: tuple[int, int], drop_path_rate: float
     return nn.Sequential(*modules), feature_info
 
 
+BOOL_FIELDS = ("final_norm", "head_norm", "strict_input_size", "compile_static_size")
+
+
 def check_cfg(cfg: AscanCfg) -> None:
     """Raise ``ValueError`` (widths: ``LayoutError``) naming the field of ``cfg`` that is out of range."""
     validate_widths(cfg.stages, cfg.widths)
@@ -170,6 +176,9 @@ def check_cfg(cfg: AscanCfg) -> None:
         raise ValueError(f"stem_width must be >= 1, got {cfg.stem_width}")
     if cfg.head_width < 0:
         raise ValueError(f"head_width must be >= 0 (0: no head projection), got {cfg.head_width}")
+    for name in BOOL_FIELDS:
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
 
 
 def _is_int(value: object) -> bool:
@@ -257,7 +266,8 @@ class AscanNet(nn.Module):
 
         # The stem checks input sizes: it is the first module of every path (timm's features_only too).
         self.stem = create_stem(cfg.stem, in_chans, cfg.stem_width, cfg.stem_stride,
-                                input_multiple=cfg.reduction if cfg.strict_input_size else 0)
+                                input_multiple=cfg.reduction if cfg.strict_input_size else 0,
+                                static_size=cfg.compile_static_size)
         self.stages, self.feature_info = build_stages(cfg, img_size, drop_path_rate)
         last = cfg.widths[-1]
         self.norm_pre = nn.BatchNorm2d(last) if cfg.final_norm else nn.Identity()

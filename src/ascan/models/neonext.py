@@ -50,6 +50,7 @@ def neonext_cfg(depths: tuple[int, ...], widths: tuple[int, ...]) -> AscanCfg:
         "-".join(f"N{depth}" for depth in depths), widths, stem_width=widths[0], head_width=0,
         stem="patch", stem_stride=STEM_PATCH, stage_strides=(1,) + (DOWNSAMPLE,) * (len(depths) - 1),
         stage_block_kwargs=STAGE_CELLS, final_norm=True, strict_input_size=False,
+        compile_static_size=True,
     )
 
 
