@@ -288,3 +288,11 @@ def test_new_input_size_compiles_a_static_graph(static):
     else:  # dynamo's default: the second size compiles a dynamic graph that serves the third
         assert counter.frame_count == 2 and symbolic[1], symbolic
 
+
+
+def test_torchscript_matches_eager():
+    """timm's ``benchmark.py --torchscript``: the stem's compile-only marking must stay out of TorchScript."""
+    model = small_neonext().eval()
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(model)(x), model(x), rtol=1e-5, atol=1e-5)

@@ -50,7 +50,7 @@ def specialise_size(x: torch.Tensor) -> torch.Tensor:
     "neonext compile time"). Marked static, each new size compiles its own static graph instead, as with
     ``torch.compile(dynamic=False)``. Exports keep their dynamic height/width.
     """
-    if not torch.jit.is_scripting() and torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
         for dim in (-2, -1):
             torch._dynamo.mark_static(x, dim)  # inside a compiled region: specialise on the size seen
     return x
@@ -69,8 +69,9 @@ class ConvStem(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_multiple > 0:
             x = check_input_size(x, self.input_multiple)
-        if self.static_size:
-            x = specialise_size(x)
+        if not torch.jit.is_scripting():  # TorchScript skips this branch (dynamo's marking is not scriptable)
+            if self.static_size:
+                x = specialise_size(x)
         return self.conv2(self.conv1(x))
 
 
@@ -89,8 +90,9 @@ class PatchStem(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_multiple > 0:
             x = check_input_size(x, self.input_multiple)
-        if self.static_size:
-            x = specialise_size(x)
+        if not torch.jit.is_scripting():  # TorchScript skips this branch (dynamo's marking is not scriptable)
+            if self.static_size:
+                x = specialise_size(x)
         x = F.pad(x, (0, -x.shape[-1] % self.patch, 0, -x.shape[-2] % self.patch))
         return self.norm(self.conv(self.space_to_depth(x)))
 
