@@ -19,13 +19,14 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
+from ascan.atomic import atomic_write_text
+from ascan.data.ade import SemanticFolder
 from ascan.detect.metrics import binary_masks
 from ascan.detect.predict import load_trained
+from ascan.errors import UserError
 from ascan.segment.metrics import SegmentationMetrics
 
 BACKGROUND = 0
@@ -54,31 +55,28 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    trained = load_trained(args.run)
-    names = ("background",) + trained.class_names
-    files = sorted((Path(args.scenes) / "images" / "test").glob("*.png"))
-    if args.limit:
-        files = files[:args.limit]
-    if not files:
-        raise SystemExit(f"no test images under {args.scenes}/images/test")
+    try:
+        trained = load_trained(args.run)
+        names = ("background",) + trained.class_names
+        scenes = SemanticFolder(args.scenes, "test", len(names), annotation_dir="semantic")
+    except UserError as err:
+        parser.exit(2, f"seg_from_detector: {err}\n")
+    indices = range(min(args.limit, len(scenes)) if args.limit else len(scenes))
     metrics = {t: SegmentationMetrics(len(names), class_names=names) for t in args.thresholds}
     with torch.no_grad():
-        for start in tqdm(range(0, len(files), args.batch), desc="scenes", unit="batch"):
-            chunk = files[start:start + args.batch]
-            images = [torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1).float() / 255.0
-                      for f in chunk]
-            preds = trained.model(images)
-            for file, image, pred in zip(chunk, images, preds, strict=True):
-                label = Path(args.scenes) / "semantic" / "test" / file.name
-                target = torch.from_numpy(np.array(Image.open(label))).long()
+        for start in tqdm(range(0, len(indices), args.batch), desc="scenes", unit="batch"):
+            samples = [scenes[i] for i in indices[start:start + args.batch]]
+            images = [image.as_subclass(torch.Tensor) for image, _ in samples]  # float in [0, 1]
+            for (_, target), pred in zip(samples, trained.model(images), strict=True):
+                target = target.as_subclass(torch.Tensor)[None]
                 for t, metric in metrics.items():
-                    metric.update(paint(pred, tuple(image.shape[-2:]), t)[None], target[None])
-    report = {"run": str(args.run), "weights": trained.source, "scenes": len(files),
+                    metric.update(paint(pred, tuple(target.shape[-2:]), t)[None], target)
+    report = {"run": str(args.run), "weights": trained.source, "scenes": len(indices),
               "by_threshold": {str(t): m.compute() for t, m in metrics.items()}}
     for t, figures in report["by_threshold"].items():
         print(f"score >= {t}: mIoU {figures['mIoU']:.2f} %, pixel acc {figures['pixel_acc']:.2f} %")
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1))
+        atomic_write_text(Path(args.out), json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ torch.set_num_threads(1)
 
 # ---- shared helpers, offered as fixtures (a test file never imports another test file) ----------------
 
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -48,3 +52,15 @@ def block_letters(model) -> list[str]:
 def layout_letters():
     """:func:`block_letters`: ``layout_letters(model) == ["CC", "CCCT", ...]``."""
     return block_letters
+
+
+BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -5,26 +5,21 @@ The benchmark itself (training, timing) is run, not tested.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "equal_budget.py"
 CONFIG_KWARGS = {"widths": [16, 32, 64, 128], "stem_width": 16, "head_width": 128,
                  "block_kwargs": {"T": {"head_dim": 16}, "C": {"expand_ratio": 2.0}}}
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("equal_budget_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    module = load_benchmark("equal_budget")
     yield module
-    del sys.modules[spec.name]
+    del sys.modules[module.__name__]
 
 
 def test_epochs_are_the_whole_epochs_that_fit_and_at_least_one(bench):

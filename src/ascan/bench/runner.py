@@ -336,6 +336,12 @@ def build_variants(cfg: BenchConfig, log: Callable[[str], None] = print) -> list
     return variants
 
 
+def _inductor_freezing() -> contextlib.AbstractContextManager:
+    from torch._inductor import config as inductor_config  # imported only when asked for: it is slow to import
+
+    return inductor_config.patch(freezing=True)
+
+
 def _compiled(model: nn.Module, cfg: BenchConfig) -> nn.Module:
     if not cfg.compile:
         return model
@@ -501,10 +507,8 @@ def run(
     cases, steps = build_cases(cfg, variants)
     if on_total is not None:
         on_total(plan_size(len(cases), cfg.warmup, cfg.repeats) + 1)  # + 1: the memory pass
-    from torch._inductor import config as inductor_config
-
     # Compiles happen at each case's first call, inside the timing loop: the freezing switch wraps it.
-    with inductor_config.patch(freezing=cfg.freeze):
+    with _inductor_freezing() if cfg.freeze else contextlib.nullcontext():
         results = run_interleaved(cases, warmup=cfg.warmup, iters=cfg.iters, repeats=cfg.repeats, on_step=on_step)
     if on_step is not None:
         on_step("peak memory")

@@ -56,43 +56,47 @@ def specialise_size(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class ConvStem(nn.Module):
-    """Conv 3x3 (stride) -> BN -> GELU -> Conv 3x3."""
+class _Stem(nn.Module):
+    """What every stem does to the model's input first: the size check and the compile-time size marking."""
 
-    def __init__(self, in_chans: int, width: int, stride: int, input_multiple: int = 0, static_size: bool = False):
+    def __init__(self, input_multiple: int = 0, static_size: bool = False):
         super().__init__()
         self.input_multiple = input_multiple  # > 0: input sides must be multiples of it
         self.static_size = static_size  # one static compiled graph per input size (specialise_size)
-        self.conv1 = ConvBN(in_chans, width, 3, stride, act_layer=nn.GELU)
-        self.conv2 = nn.Conv2d(width, width, 3, 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_multiple > 0:
             x = check_input_size(x, self.input_multiple)
         if not torch.jit.is_scripting():  # TorchScript skips this branch (dynamo's marking is not scriptable)
             if self.static_size:
                 x = specialise_size(x)
-        return self.conv2(self.conv1(x))
+        return x
 
 
-class PatchStem(nn.Module):
+class ConvStem(_Stem):
+    """Conv 3x3 (stride) -> BN -> GELU -> Conv 3x3."""
+
+    def __init__(self, in_chans: int, width: int, stride: int, input_multiple: int = 0, static_size: bool = False):
+        super().__init__(input_multiple, static_size)
+        self.conv1 = ConvBN(in_chans, width, 3, stride, act_layer=nn.GELU)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(self.check_input(x)))
+
+
+class PatchStem(_Stem):
     """Space-to-depth (``stride`` x ``stride`` patches) -> 1x1 conv (no bias) -> BN."""
 
     def __init__(self, in_chans: int, width: int, stride: int, input_multiple: int = 0, static_size: bool = False):
-        super().__init__()
-        self.input_multiple = input_multiple  # > 0: input sides must be multiples of it (else: padded)
-        self.static_size = static_size  # one static compiled graph per input size (specialise_size)
+        super().__init__(input_multiple, static_size)
         self.patch = stride
         self.space_to_depth = nn.PixelUnshuffle(stride)
         self.conv = nn.Conv2d(in_chans * stride**2, width, kernel_size=1, bias=False)
         self.norm = nn.BatchNorm2d(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_multiple > 0:
-            x = check_input_size(x, self.input_multiple)
-        if not torch.jit.is_scripting():  # TorchScript skips this branch (dynamo's marking is not scriptable)
-            if self.static_size:
-                x = specialise_size(x)
+        x = self.check_input(x)
         x = F.pad(x, (0, -x.shape[-1] % self.patch, 0, -x.shape[-2] % self.patch))
         return self.norm(self.conv(self.space_to_depth(x)))
 
