@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from pathlib import Path
@@ -120,6 +121,32 @@ def test_top1_top5_against_a_hand_count():
     assert result["loss"] == pytest.approx(expected_loss, rel=1e-5)
     assert result["n"] == n
 
+
+
+def test_flip_tta_against_a_per_image_float64_loop():
+    """Each image scores ``mean(softmax(f(x)), softmax(f(mirror x)))``; top-1/top-5/loss follow from that mean."""
+    torch.manual_seed(0)
+    num_classes, n = 6, 23
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 5 * 6, num_classes))  # not mirror-symmetric
+    images, labels = torch.randn(n, 1, 7, 8), torch.randint(0, num_classes, (n,))
+    dataset = torch.utils.data.TensorDataset(images, labels)
+    result = evaluate(model, dataset, num_classes, torch.device("cpu"), batch_size=5, flip_tta=True)
+    plain = evaluate(model, dataset, num_classes, torch.device("cpu"), batch_size=5)
+    reference = model.double()
+    hits1 = hits5 = 0
+    losses = []
+    for image, label in zip(images.double(), labels, strict=True):
+        with torch.no_grad():
+            mirrored = torch.from_numpy(np.ascontiguousarray(image.numpy()[:, :, ::-1]))
+            prob = (reference(image[None]).softmax(-1) + reference(mirrored[None]).softmax(-1))[0] / 2
+        beaten_by = (prob > prob[label]).sum().item()
+        hits1 += beaten_by == 0
+        hits5 += beaten_by < 5
+        losses.append(-math.log(prob[label].item()))
+    assert result["top1"] == pytest.approx(100 * hits1 / n)
+    assert result["top5"] == pytest.approx(100 * hits5 / n)
+    assert result["loss"] == pytest.approx(float(np.mean(losses)), rel=1e-5)
+    assert result["loss"] != pytest.approx(plain["loss"], rel=1e-3)  # the mirror changed the scores
 
 # ---- Resume --------------------------------------------------------------------------------------
 

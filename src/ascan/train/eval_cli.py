@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inference fast path (ascan.fast_inference: BN folded, low-precision weights, "
                              "channels-last); default: on where the device has native bf16 (as amp 'auto'). "
                              "--no-fast evaluates in fp32, exactly as the weights are stored")
+    parser.add_argument("--flip-tta", action="store_true",
+                        help="test-time augmentation: average the softmax over each image and its horizontal "
+                             "mirror (twice the compute; for models trained with random flips)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
@@ -108,11 +111,13 @@ def main(argv: list[str]) -> int:
         dtype = native or FAST_DTYPE
         model = fast_inference(model, dtype, channels_last=True)
         precision = f"{str(dtype).removeprefix('torch.')} fast path"
-    result = evaluate(model, eval_set, info.num_classes, device, args.batch_size) | {"precision": precision}
+    result = evaluate(model, eval_set, info.num_classes, device, args.batch_size, flip_tta=args.flip_tta)
+    result |= {"precision": precision, "flip_tta": args.flip_tta}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{cfg.model.name} on {cfg.data.dataset}/{cfg.data.eval_split} ({result['n']} images, {precision}): "
+        tta = ", flip TTA" if args.flip_tta else ""
+        print(f"{cfg.model.name} on {cfg.data.dataset}/{cfg.data.eval_split} ({result['n']} images, {precision}{tta}): "
               f"top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  loss {result['loss']:.4f}")
     sys.stdout.flush()
     return 0

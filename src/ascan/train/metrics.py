@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,11 +24,23 @@ def accuracy_metrics(num_classes: int, device: torch.device) -> tuple[Multiclass
     return top1, topk
 
 
+def flip_averaged_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Log of the mean of the softmax over the image and its mirror: ``log((p(x) + p(flip(x))) / 2)``.
+
+    Test-time augmentation with the one transform the training recipe is invariant to (random horizontal
+    flips); returned as logits so the metrics and the cross-entropy apply unchanged.
+    """
+    both = torch.stack([model(images).float().log_softmax(-1), model(images.flip(-1)).float().log_softmax(-1)])
+    return torch.logsumexp(both, dim=0) - math.log(2.0)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, device: torch.device, batch_size: int = 500,
-             amp_dtype: torch.dtype | None = None, dist_info: DistInfo | None = None) -> dict[str, float]:
+             amp_dtype: torch.dtype | None = None, dist_info: DistInfo | None = None,
+             flip_tta: bool = False) -> dict[str, float]:
     """Accuracy in percent and mean cross-entropy over ``dataset``; ranks split it and sum their counts.
 
+    ``flip_tta`` scores each image by :func:`flip_averaged_logits` (twice the compute).
     Returns ``{"top1", "top5", "loss", "n"}`` (``n``: images evaluated over all ranks).
     """
     dist_info = dist_info or DistInfo()
@@ -39,7 +53,7 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, device: torch
     for images, targets in loader:
         images, targets = images.to(device), targets.to(device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(images)
+            logits = flip_averaged_logits(model, images) if flip_tta else model(images)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
         top1.update(logits, targets)
