@@ -91,3 +91,25 @@ def test_a_missing_file_is_a_user_error(tmp_path):
     seg = build_segmenter("ascan_nano", 11, "smp", decoder_channels=8, backbone_kwargs=SLIM)
     with pytest.raises(UserError, match="does not exist"):
         init_backbone_from(seg.backbone, str(tmp_path / "none.safetensors"))
+
+
+def test_a_classifier_file_with_legacy_keys_initialises_the_backbone(tmp_path):
+    """A NeoNeXt classifier saved before its stage transitions moved into the first block
+    (``stages.i.downsample.*``) starts a backbone exactly as today's file does."""
+    neonext = {"layout": "N-N-NN-N", "widths": [16, 24, 32, 40], "stem_width": 16}
+    torch.manual_seed(0)
+    classifier = timm.create_model("neonext_tiny", num_classes=10, **neonext).eval()
+    old = {k.replace(".blocks.0.transition.", ".downsample."): v.contiguous()
+           for k, v in classifier.state_dict().items()}
+    assert any(".downsample." in k for k in old)
+    save_file(old, str(tmp_path / "old.safetensors"))
+    seg = build_segmenter("neonext_tiny", 11, "smp", decoder_channels=8, backbone_kwargs=neonext).eval()
+    done = init_backbone_from(seg.backbone, str(tmp_path / "old.safetensors"))
+    # the classifier's head.fc and its final BN (norm_pre), which the features_only backbone has no place for
+    assert done.describe("old.safetensors").endswith("; 7 of the file's unused: head, norm_pre")
+    image = torch.rand(1, 3, SIDE, SIDE)
+    with torch.no_grad():
+        want = classifier.forward_intermediates(image, intermediates_only=True)
+        got = seg.backbone(image)
+    for g, w in zip(got, want[-len(got):], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import ascan  # noqa: F401  (registers ascan models)
 from ascan.bench import peak as peak_module
-from ascan.bench.runner import BenchConfig, model_setup
+from ascan.bench.runner import BenchConfig, model_setup, setup_label
 from ascan.cli import main as ascan_main
 
 
@@ -76,3 +77,15 @@ def test_fast_bf16_run_reports_setup_and_measured_peak_fraction(tmp_path, capsys
     assert rows["ascan_nano"]["fused"] and rows["ascan_nano"]["bn_folded"] > 0
     assert rows["test_convnext"]["setup"] == "channels-last, bf16 autocast"
     assert all(row["peak_fraction"] is not None and row["peak_fraction"] > 0 for row in rows.values())
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({}, "channels-last"),
+    ({"dtype": "bf16"}, "channels-last, bf16 weights"),
+    ({"dtype": "bf16", "compile": True}, "channels-last, bf16 weights, compiled"),
+    ({"dtype": "bf16", "compile": True, "freeze": True}, "channels-last, bf16 weights, compiled, frozen"),
+])
+def test_setup_column_says_how_the_module_was_built(settings, expected):
+    """The report row alone tells a compiled (and frozen) measurement from an eager one."""
+    variant = SimpleNamespace(channels_last=True, cast="weights")
+    assert setup_label(BenchConfig(models=("ascan_nano",), **settings), variant) == expected

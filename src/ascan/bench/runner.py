@@ -193,11 +193,14 @@ def model_setup(cfg: BenchConfig, name: str, ours: bool) -> tuple[bool, str]:
 
 
 def setup_label(cfg: BenchConfig, variant: Variant) -> str:
-    """What the report's ``setup`` column says: memory format and, below fp32, how the dtype is applied."""
-    layout = "channels-last" if variant.channels_last else "NCHW"
-    if cfg.dtype == "fp32":
-        return layout
-    return f"{layout}, {cfg.dtype} {'weights' if variant.cast == 'weights' else 'autocast'}"
+    """What the report's ``setup`` column says: memory format, below fp32 how the dtype is applied, and
+    whether the module is ``torch.compile``d (and frozen)."""
+    parts = ["channels-last" if variant.channels_last else "NCHW"]
+    if cfg.dtype != "fp32":
+        parts.append(f"{cfg.dtype} {'weights' if variant.cast == 'weights' else 'autocast'}")
+    if cfg.compile:
+        parts.append("compiled, frozen" if cfg.freeze else "compiled")
+    return ", ".join(parts)
 
 
 def resolve_img_size(cfg: BenchConfig, model_name: str) -> int:

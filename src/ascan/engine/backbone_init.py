@@ -20,7 +20,7 @@ from torch import nn
 
 from ascan.engine.state import load_weights_file
 from ascan.errors import UserError
-from ascan.models.ascan import checkpoint_filter_fn
+from ascan.models.ascan import checkpoint_filter_fn, rename_legacy_key
 
 CONV_WEIGHT_DIMS = 4
 IN_CHANNEL_DIM = 1
@@ -32,13 +32,14 @@ class BackboneInit:
     """What :func:`init_backbone_from` did, for the run's log."""
 
     loaded: int  # tensors written into the backbone
-    unused: tuple[str, ...]  # the file's tensors the backbone has no place for (the classifier head)
+    unused: tuple[str, ...]  # the file's tensors the backbone has no place for (the classifier's head, ...)
     adapted: tuple[str, ...]  # input convolutions adapted to the backbone's channel count
 
     def describe(self, source: str) -> str:
         adapted = f", {len(self.adapted)} input conv adapted to the input channels" if self.adapted else ""
-        return (f"backbone from {source}: {self.loaded} tensors ({len(self.unused)} of the file's unused: its "
-                f"head){adapted}")
+        modules = sorted({key.split(".")[0] for key in self.unused})
+        unused = f"; {len(self.unused)} of the file's unused: {', '.join(modules)}" if self.unused else ""
+        return f"backbone from {source}: {self.loaded} tensors{unused}{adapted}"
 
 
 def _features_key(key: str, own: dict[str, torch.Tensor]) -> str:
@@ -53,7 +54,7 @@ def init_backbone_from(backbone: nn.Module, source: str, prefer_ema: bool = True
     state: dict[str, torch.Tensor] = {}
     unused = []
     for key, value in load_weights_file(source, prefer_ema).items():
-        target = _features_key(key, own)
+        target = _features_key(rename_legacy_key(key), own)
         if target in own:
             state[target] = value
         else:

@@ -396,6 +396,13 @@ LEGACY_KEYS = (
 )
 
 
+def rename_legacy_key(key: str) -> str:
+    """Today's name of a state-dict key an earlier version of this package wrote (:data:`LEGACY_KEYS`)."""
+    for pattern, replacement in LEGACY_KEYS:
+        key = pattern.sub(replacement, key)
+    return key
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Resize every relative position table in ``state_dict`` to the model's (fine-tuning) resolution
     and rename the keys of earlier versions (:data:`LEGACY_KEYS`)."""
@@ -403,8 +410,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
                if isinstance(mod, RelPosBiasTable)}
     out = {}
     for key, value in state_dict.items():
-        for pattern, replacement in LEGACY_KEYS:
-            key = pattern.sub(replacement, key)
+        key = rename_legacy_key(key)
         if key in targets:
             value = resize_rel_pos_table(value, targets[key])
         out[key] = value
