@@ -8,6 +8,8 @@ over pixels and pycocotools' own decoding.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +218,25 @@ def test_an_empty_existing_folder_is_filled(tmp_path, fmnist):
     root = ensure_scenes(tmp_path / "empty", TINY, fmnist, progress=False)
     assert (root / MARKER_NAME).is_file() and len(list((root / "images" / "train").iterdir())) == TINY.train_scenes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_concurrent_callers_build_the_set_once(tmp_path, fmnist, monkeypatch, capfd):
+    """A second caller arriving during a build waits for it and uses its set instead of making another."""
+    real, builds, started = scenes_mod.write_scenes, [], threading.Event()
+
+    def slow_build(*args, **kwargs):
+        builds.append(args[0])
+        started.set()
+        time.sleep(0.5)  # the second caller arrives meanwhile
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scenes_mod, "write_scenes", slow_build)
+    roots = []
+    first = threading.Thread(target=lambda: roots.append(ensure_scenes(tmp_path / "set", TINY, fmnist, False)))
+    first.start()
+    assert started.wait(60)
+    roots.append(ensure_scenes(tmp_path / "set", TINY, fmnist, progress=False))
+    first.join()
+    assert len(builds) == 1 and roots == [tmp_path / "set"] * 2
+    assert "another process is building the scenes; waiting for it" in capfd.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # no lock file or temporary folder left

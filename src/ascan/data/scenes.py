@@ -23,10 +23,14 @@ PNGs, read back by the same loaders as a user's data (``ascan.data.coco``, ``asc
 from __future__ import annotations
 
 import colorsys
+import fcntl
 import json
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -278,19 +282,58 @@ def ensure_scenes(root: str | Path, cfg: SceneConfig | None = None, fashion_mnis
     """Return ``root`` holding the scene set of ``cfg``, generating it first if it is missing.
 
     Built in a temporary folder beside ``root`` and renamed into place, so an interrupted build leaves
-    nothing behind. A ``root`` made with another config, or a non-empty folder without a marker, is a
+    nothing behind; concurrent callers wait for one build (:func:`_build_lock`) instead of each making the
+    set. A ``root`` made with another config, or a non-empty folder without a marker, is a
     :class:`UserError` (never a silent mix of two sets).
     """
     root, cfg = Path(root), cfg or SceneConfig()
+    if _holds_scenes(root, cfg):
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(root):
+        if not _holds_scenes(root, cfg):  # else a build we waited for made it
+            _build(root, cfg, fashion_mnist_root, progress)
+    if read_marker(root) != cfg:
+        raise UserError(f"{root / MARKER_NAME}: another build with another config finished first; delete {root}")
+    return root
+
+
+def _holds_scenes(root: Path, cfg: SceneConfig) -> bool:
+    """Whether ``root`` already holds ``cfg``'s set; a set of another config or a foreign folder is an error."""
     have = read_marker(root)
     if have is not None:
         if have != cfg:
             raise UserError(f"{root / MARKER_NAME}: scenes were made with {_config_difference(have, cfg)}; "
                             f"use another root or delete {root}")
-        return root
+        return True
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise UserError(f"{root}: exists and is not a scene folder (no {MARKER_NAME}); choose an empty or new root")
-    root.parent.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+@contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``.<root>.lock`` beside ``root`` for one build; others wait, saying so.
+
+    The lock file is removed by the holder when it is done (a waiter then finds the set and returns; at worst a
+    caller arriving in that instant builds a second copy, which the rename into place tolerates)."""
+    path = root.parent / f".{root.name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{root}: another process is building the scenes; waiting for it", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _build(root: Path, cfg: SceneConfig, fashion_mnist_root, progress: bool) -> None:
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
     try:
         write_scenes(tmp, cfg, fashion_mnist_root, progress)
@@ -302,9 +345,6 @@ def ensure_scenes(root: str | Path, cfg: SceneConfig | None = None, fashion_mnis
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if read_marker(root) != cfg:
-        raise UserError(f"{root / MARKER_NAME}: another build with another config finished first; delete {root}")
-    return root
 
 
 def _umask() -> int:
