@@ -205,6 +205,10 @@ def test_eval_cli_reproduces_the_final_training_metric(data_root, tmp_path, caps
     assert fast["n"] == got["n"] and fast["loss"] == pytest.approx(got["loss"], abs=0.05)
     assert abs(fast["top1"] - got["top1"]) <= 100 / got["n"] + 1e-6  # at most one image flips
     assert fast["precision"] == "bfloat16 fast path"
+    # --flip-tta reaches the evaluation: other scores for the same images (the averaging itself: the float64 loop test)
+    assert cli_main(["eval", str(tmp_path / "run" / "model.safetensors"), "--json", "--no-fast", "--flip-tta"]) == 0
+    tta = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert tta["flip_tta"] and tta["n"] == got["n"] and tta["loss"] != pytest.approx(got["loss"], rel=1e-6)
 
 
 def test_finetune_starts_from_the_checkpoint_with_resized_tables(data_root, tmp_path):
