@@ -86,6 +86,8 @@ OUT_OF_RANGE = [
     (["bench", "ascan_nano", "--iters", "0"], ["--iters", "got 0"]),
     (["eval", "no-run", "--image-size", "-5"], ["--image-size", "-5"]),
     (["eval", "no-run", "--batch-size", "0"], ["--batch-size", "got 0"]),
+    (["scenes", "--root", "no-scenes", "--min-visible-fraction", "1.5"], ["--min-visible-fraction", "1.5"]),
+    (["scenes", "--root", "no-scenes", "--image-size", "64"], ["--max-scale 72", "--image-size 64"]),
 ]
 
 

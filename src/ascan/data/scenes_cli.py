@@ -8,10 +8,12 @@ does nothing; other settings on an existing folder are an error (pick another ``
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from dataclasses import fields
 
 from ascan.data.scenes import MARKER_NAME, SceneConfig, ensure_scenes, read_marker
+from ascan.errors import UserError
 from ascan.paths import check_output_folder
 
 _HELP = {
@@ -44,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    cfg = SceneConfig(**{f.name: getattr(args, f.name) for f in fields(SceneConfig)})
+    try:
+        cfg = SceneConfig(**{f.name: getattr(args, f.name) for f in fields(SceneConfig)})
+    except ValueError as err:  # out of range, or two options that contradict each other: named as options
+        message = str(err)
+        for name in sorted((f.name for f in fields(SceneConfig)), key=len, reverse=True):
+            message = re.sub(rf"\b{name}\b", "--" + name.replace("_", "-"), message)
+        raise UserError(message) from None
     if read_marker(args.root) == cfg:
         print(f"{args.root}: scenes already present ({MARKER_NAME} matches); nothing to do")
         return 0
