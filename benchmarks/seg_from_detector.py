@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ascan.atomic import atomic_write_text
+from ascan.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE
 from ascan.data.ade import SemanticFolder
 from ascan.detect.metrics import binary_masks
 from ascan.detect.predict import load_trained
@@ -53,9 +54,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
+        ranges = (("--thresholds", args.thresholds, FRACTION), ("--batch", [args.batch], AT_LEAST_ONE),
+                  ("--limit", [args.limit], NON_NEGATIVE), ("--threads", [args.threads], NON_NEGATIVE))
+        for flag, values, valid in ranges:
+            bad = [v for v in values if v not in valid]
+            if bad:
+                raise UserError(f"{flag} must be in {valid}, got {bad[0]}")
+        if args.threads:
+            torch.set_num_threads(args.threads)
         trained = load_trained(args.run)
         names = ("background",) + trained.class_names
         scenes = SemanticFolder(args.scenes, "test", len(names), annotation_dir="semantic")

@@ -289,7 +289,6 @@ def test_new_input_size_compiles_a_static_graph(static):
         assert counter.frame_count == 2 and symbolic[1], symbolic
 
 
-
 def test_torchscript_matches_eager():
     """timm's ``benchmark.py --torchscript``: the stem's compile-only marking must stay out of TorchScript."""
     model = small_neonext().eval()

@@ -37,3 +37,13 @@ def test_most_confident_instance_wins_and_low_scores_are_dropped(script):
 def test_no_detection_is_all_background(script):
     pred = _pred([0.4], [2], [(0, 6, 0, 6)])
     assert torch.equal(script.paint(pred, (6, 6), score_thresh=0.5), torch.zeros(6, 6, dtype=torch.long))
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--thresholds", "0.3", "1.5"], "--thresholds must be in [0, 1], got 1.5"),
+    (["--batch", "0"], "--batch must be in [1, inf], got 0"),
+])
+def test_out_of_range_options_are_one_line_errors(script, capsys, argv, words):
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["no-run", *argv])
+    assert exit_info.value.code == 2 and capsys.readouterr().err == f"seg_from_detector: {words}\n"
