@@ -149,8 +149,8 @@ def build_training(cfg, train_set, info):
 
     from ascan.engine import DistInfo, Environment, RunInfo, batches_per_epoch, build_loop, build_optimizer, fit_config
     from ascan.engine.task import collate_fn_of
-    from ascan.train.task import ClassificationTask, build_loss
-    from ascan.train.weights import create_model
+    from ascan.classify.task import ClassificationTask, build_loss
+    from ascan.classify.model import create_model
 
     model = create_model(cfg, info)
     per_epoch = batches_per_epoch(len(train_set), cfg.data.batch_size, 1)
@@ -175,8 +175,8 @@ def measure(keys: list[str], config: Path, compile_: str, rounds: int, extra: li
     from ascan.data.datasets import build_dataset
     from ascan.engine import autocast_dtype, train_step
     from ascan.flops import count_macs
-    from ascan.train.config import load_config, read_yaml
-    from ascan.train.weights import create_model
+    from ascan.classify.config import load_config, read_yaml
+    from ascan.classify.model import create_model
 
     config_kwargs = read_yaml(config).get("model", {}).get("kwargs", {})
     train_set = info = None
@@ -260,7 +260,7 @@ def read_run(run: Path) -> dict | None:
 
 def train(key: str, seed: int, epochs: int, root: Path, config: Path, compile_: str, threads: int,
           extra: list[str]) -> dict:
-    from ascan.train.config import read_yaml
+    from ascan.classify.config import read_yaml
 
     run = root / f"{key}_s{seed}"
     done = read_run(run)

@@ -25,7 +25,7 @@ import ascan  # noqa: F401  (registers the models)
 from ascan.bench.timing import Case, run_interleaved, throughput_ratio
 from ascan.data.datasets import FashionMNIST, fashion_mnist_batch_transform, fashion_mnist_transform
 from ascan.engine.runtime import autocast_dtype
-from ascan.train.config import load_config
+from ascan.classify.config import load_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist.yaml"
 

@@ -56,8 +56,8 @@ def time_models(models: dict[str, torch.nn.Module], in_chans: int, size: int) ->
 
 def main() -> int:
     args = parse_args()
-    from ascan.train.config import load_config, read_yaml
-    from ascan.train.loop import train
+    from ascan.classify.config import load_config, read_yaml
+    from ascan.classify.train import train
 
     base_kwargs = read_yaml(args.config).get("model", {}).get("kwargs", {})
     results, models = {}, {}

@@ -112,7 +112,7 @@ def test_installed_timm_refuses_the_pickle_itself(payload):
 
 def classifier_run(folder: Path, data_root: Path, kwargs: dict) -> Path:
     """A classifier run folder whose ``last.pt`` config carries ``kwargs`` (written as the engine writes it)."""
-    from ascan.train.config import load_config
+    from ascan.classify.config import load_config
 
     cfg = load_config(None, [f"data.root={data_root}", f"output={folder}", "model.name=ascan_nano",
                              f"model.kwargs={json.dumps(TINY_KWARGS)}", "data.batch_size=8", "max_steps=1",

@@ -14,7 +14,7 @@ from torchvision.transforms import v2
 from ascan.data.batch_augment import BatchAugment
 from ascan.data.datasets import FashionMNIST, build_dataset, fashion_mnist_transform
 from ascan.data.fashion_mnist import MEAN, STD
-from ascan.train.config import AugConfig, DataConfig
+from ascan.classify.config import AugConfig, DataConfig
 
 
 def _images(n: int, side: int = 28, seed: int = 0) -> torch.Tensor:

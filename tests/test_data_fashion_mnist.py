@@ -10,7 +10,7 @@ from ascan.data.datasets import FashionMNIST, fashion_mnist_transform, parse_ran
 from ascan.data.fashion_mnist import MEAN, STD, load_fashion_mnist
 from ascan.data.idx import IdxFormatError, write_idx
 from ascan.errors import UserError
-from ascan.train.config import AugConfig
+from ascan.classify.config import AugConfig
 
 
 @pytest.mark.parametrize("gz", [True, False])

@@ -142,9 +142,9 @@ def modules():
 
 def test_the_checker_sees_the_package(modules):
     """Guards against a checker that passes because it found nothing."""
-    assert {"ascan", "ascan.cli", "ascan.engine", "ascan.engine.loop", "ascan.train.loop"} <= set(modules)
-    assert any(e.source == "ascan.train.loop" and e.target == "ascan.engine" for e in import_edges(modules))
-    assert is_cli_module("ascan.train.cli", modules["ascan.train.cli"][1])
+    assert {"ascan", "ascan.cli", "ascan.engine", "ascan.engine.loop", "ascan.classify.train"} <= set(modules)
+    assert any(e.source == "ascan.classify.train" and e.target == "ascan.engine" for e in import_edges(modules))
+    assert is_cli_module("ascan.classify.cli", modules["ascan.classify.cli"][1])
     assert not is_cli_module("ascan.engine.loop", modules["ascan.engine.loop"][1])
 
 

@@ -24,8 +24,8 @@ from ascan.atomic import TEMP_MARK, atomic_write, temporaries
 from ascan.cli import main as cli_main
 from ascan.engine import CHECKPOINT_NAME, FitConfig, load_checkpoint, open_run_folder, session
 from ascan.engine.settings import DEFAULT_CHECKPOINT_MINUTES
-from ascan.train.config import TrainConfig, load_config
-from ascan.train.loop import train
+from ascan.classify.config import TrainConfig, load_config
+from ascan.classify.train import train
 
 # A nano AsCAN small enough for a few CPU steps, still with C and T blocks, BN and SE.
 TINY_MODEL = ["model.name=ascan_nano",

@@ -18,9 +18,9 @@ from ascan.cli import main as cli_main
 from ascan.config import apply_overrides, parse_override
 from ascan.engine import EpochBatchSampler
 from ascan.errors import UserError
-from ascan.train.config import TrainConfig, load_config
-from ascan.train.loop import train
-from ascan.train.metrics import evaluate
+from ascan.classify.config import TrainConfig, load_config
+from ascan.classify.train import train
+from ascan.classify.metrics import evaluate
 
 # A nano AsCAN small enough for a few CPU steps, still with C and T blocks, BN, SE and drop path.
 TINY_MODEL = ["model.name=ascan_nano",

@@ -18,9 +18,9 @@ from ascan.paths import describe_os_error
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("ascan.info", "table of registered models: layout, params, MACs vs the paper"),
     "bench": ("ascan.bench.cli", "throughput benchmark of ascan and timm models, side by side"),
-    "train": ("ascan.train.cli", "train a classifier (default: ascan_nano on Fashion-MNIST)"),
-    "eval": ("ascan.train.eval_cli", "top-1/top-5 of a checkpoint on a data set"),
-    "finetune": ("ascan.train.finetune_cli", "fine-tune a checkpoint at a higher resolution"),
+    "train": ("ascan.classify.cli", "train a classifier (default: ascan_nano on Fashion-MNIST)"),
+    "eval": ("ascan.classify.eval_cli", "top-1/top-5 of a checkpoint on a data set"),
+    "finetune": ("ascan.classify.finetune_cli", "fine-tune a checkpoint at a higher resolution"),
     "export": ("ascan.export.cli", "export a model or run to ONNX, checked against PyTorch in onnxruntime"),
     "gen-train": ("ascan.generate.cli_train", "train the AsCAN UNet generator"),
     "generate": ("ascan.generate.cli_sample", "sample images from a trained generator"),

@@ -167,7 +167,7 @@ def imagefolder_dataset(root: str | None, split: str, transform, subset: int | N
 
 
 def build_dataset(data_cfg, aug_cfg, train: bool) -> tuple[Dataset, DatasetInfo]:
-    """The training or evaluation split named by a :class:`~ascan.train.config.DataConfig`."""
+    """The training or evaluation split named by a :class:`~ascan.classify.config.DataConfig`."""
     split = data_cfg.train_split if train else data_cfg.eval_split
     subset = data_cfg.train_subset if train else data_cfg.eval_subset
     if data_cfg.dataset == "fashion_mnist":

@@ -25,8 +25,8 @@ from ascan.engine.state import load_checkpoint, load_model_state, load_weights_f
 from ascan.errors import UserError
 from ascan.layout import LayoutError
 from ascan.model_kwargs import WEIGHT_LOADING_KWARGS, check_model_kwargs
-from ascan.train.config import config_from_dict
-from ascan.train.weights import read_weights_metadata, resize_state_dict
+from ascan.classify.config import config_from_dict
+from ascan.classify.model import read_weights_metadata, resize_state_dict
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 ASCAN_MODULE_PREFIX = "ascan."  # entry points defined in this package take ``img_size`` (tables sized to it)

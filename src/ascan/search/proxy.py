@@ -75,8 +75,8 @@ def run_proxy(layout: str, output: str | Path, proxy: ProxySettings, report: Rep
     """Train ``layout`` briefly into run folder ``output`` (overwritten: it is the trial's own) and return
     its last test top-1 (%). Raises :class:`Pruned` when ``report`` says stop after some epoch."""
     from ascan.engine.runlog import METRICS_CSV
-    from ascan.train.config import load_config
-    from ascan.train.loop import train
+    from ascan.classify.config import load_config
+    from ascan.classify.train import train
 
     cfg = load_config(base_config(proxy), train_overrides(layout, output, proxy))
     metrics = Path(output) / METRICS_CSV

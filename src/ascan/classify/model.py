@@ -21,7 +21,7 @@ from ascan.engine.state import load_model_state, load_weights_file
 from ascan.errors import UserError
 from ascan.layout import LayoutError
 from ascan.model_kwargs import check_model_kwargs
-from ascan.train.config import TrainConfig
+from ascan.classify.config import TrainConfig
 
 
 def create_model(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:

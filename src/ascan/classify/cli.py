@@ -20,8 +20,8 @@ from ascan.config import Range
 from ascan.errors import EXIT_INTERRUPTED, UserError
 from ascan.paths import check_output_folder
 from ascan.runargs import EPOCH_SHORTCUTS, add_run_arguments, doc_parser, resolve_run_config, run_training
-from ascan.train.config import TrainConfig, load_config
-from ascan.train.loop import train
+from ascan.classify.config import TrainConfig, load_config
+from ascan.classify.train import train
 
 DEFAULT_CONFIG = "fashion_mnist.yaml"
 NPROC_RANGE = Range(1, 1024)  # processes torchrun starts on this machine
@@ -48,7 +48,7 @@ def check_launch(cfg: TrainConfig, nproc: int) -> None:
 
 
 def _launch_torchrun(argv: list[str], nproc: int, output: str) -> int:
-    """Run ``python -m ascan.train`` under torchrun with ``argv`` minus the ``--nproc-per-node`` option.
+    """Run ``python -m ascan.classify`` under torchrun with ``argv`` minus the ``--nproc-per-node`` option.
 
     torchrun runs in its own session (process group), and a SIGTERM, SIGINT (Ctrl-C) or SIGHUP to this launcher is
     passed on to it once: torchrun stops its workers (each writes its checkpoint) and exits, and the launcher
@@ -63,7 +63,7 @@ def _launch_torchrun(argv: list[str], nproc: int, output: str) -> int:
         elif not arg.startswith("--nproc-per-node="):
             rest.append(arg)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "ascan.train", *rest]
+               "-m", "ascan.classify", *rest]
     proc = subprocess.Popen(command, env=dict(os.environ), start_new_session=True)  # Python 3.10: no process_group
     received: list[int] = []
 

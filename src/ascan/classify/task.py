@@ -2,7 +2,7 @@
 
 The loss is the patent's recipe ([0074]-[0075]): MixUp/CutMix with soft targets (``timm.data.Mixup`` +
 ``SoftTargetCrossEntropy``) when enabled, label-smoothed cross-entropy otherwise. Evaluation reports
-top-1/top-5 accuracy and the mean cross-entropy (:func:`ascan.train.metrics.evaluate`).
+top-1/top-5 accuracy and the mean cross-entropy (:func:`ascan.classify.metrics.evaluate`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from torch.utils.data import Dataset
 from ascan.engine.distributed import DistInfo
 from ascan.engine.task import StepOutput
 from ascan.errors import UserError
-from ascan.train.config import AugConfig
-from ascan.train.metrics import evaluate
+from ascan.classify.config import AugConfig
+from ascan.classify.metrics import evaluate
 
 REPORTED_METRICS = ("loss", "top1", "top5")
 

@@ -2,7 +2,7 @@
 
 AdamW (``timm.optim.create_optimizer_v2``, no weight decay on norms/biases/position tables), cosine
 schedule with linear warm-up per optimizer step, MixUp/CutMix or label smoothing
-(:mod:`ascan.train.task`), model EMA (``ModelEmaV3``), gradient clipping, stochastic depth (the model's
+(:mod:`ascan.classify.task`), model EMA (``ModelEmaV3``), gradient clipping, stochastic depth (the model's
 ``drop_path_rate``), autocast. The loop itself — checkpoints, resume, DDP, logging — is
 :func:`ascan.engine.fit`.
 """
@@ -18,9 +18,9 @@ import ascan  # noqa: F401  (registers ascan models in timm)
 from ascan.data.datasets import DatasetInfo, build_dataset
 from ascan.engine import FitResult, Run, RunInfo, batches_per_epoch, build_optimizer, fit_run, open_run, seed_all
 from ascan.errors import UserError
-from ascan.train.config import TrainConfig, config_to_dict
-from ascan.train.task import ClassificationTask, build_loss
-from ascan.train.weights import create_model, init_from_weights
+from ascan.classify.config import TrainConfig, config_to_dict
+from ascan.classify.task import ClassificationTask, build_loss
+from ascan.classify.model import create_model, init_from_weights
 
 
 def run_info(cfg: TrainConfig, info: DatasetInfo) -> RunInfo:

@@ -1,8 +1,0 @@
-"""``python -m ascan.train``: the entry point torchrun launches (``torchrun --nproc_per_node 2 -m ascan.train``)."""
-
-import sys
-
-from ascan.cli import main
-
-if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
