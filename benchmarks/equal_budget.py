@@ -147,10 +147,10 @@ def build_training(cfg, train_set, info):
     """The engine's loop for ``cfg`` as ``ascan train`` builds it, and an endless iterator of real batches."""
     from torch.utils.data import DataLoader
 
+    from ascan.classify.model import create_model
+    from ascan.classify.task import ClassificationTask, build_loss
     from ascan.engine import DistInfo, Environment, RunInfo, batches_per_epoch, build_loop, build_optimizer, fit_config
     from ascan.engine.task import collate_fn_of
-    from ascan.classify.task import ClassificationTask, build_loss
-    from ascan.classify.model import create_model
 
     model = create_model(cfg, info)
     per_epoch = batches_per_epoch(len(train_set), cfg.data.batch_size, 1)
@@ -172,11 +172,11 @@ def build_training(cfg, train_set, info):
 
 def measure(keys: list[str], config: Path, compile_: str, rounds: int, extra: list[str]) -> dict[str, dict]:
     """Params, MACs, training and inference img/s of every model, interleaved; compile cost if compiled."""
+    from ascan.classify.config import load_config, read_yaml
+    from ascan.classify.model import create_model
     from ascan.data.datasets import build_dataset
     from ascan.engine import autocast_dtype, train_step
     from ascan.flops import count_macs
-    from ascan.classify.config import load_config, read_yaml
-    from ascan.classify.model import create_model
 
     config_kwargs = read_yaml(config).get("model", {}).get("kwargs", {})
     train_set = info = None

@@ -23,9 +23,9 @@ from torch.utils.data import default_collate
 
 import ascan  # noqa: F401  (registers the models)
 from ascan.bench.timing import Case, run_interleaved, throughput_ratio
+from ascan.classify.config import load_config
 from ascan.data.datasets import FashionMNIST, fashion_mnist_batch_transform, fashion_mnist_transform
 from ascan.engine.runtime import autocast_dtype
-from ascan.classify.config import load_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist.yaml"
 

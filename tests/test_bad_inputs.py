@@ -22,9 +22,9 @@ from safetensors.torch import save_file
 
 import ascan  # noqa: F401  (registers the models)
 from ascan.atomic import save_safetensors
+from ascan.classify.config import TrainConfig
 from ascan.cli import main as ascan_main
 from ascan.config import config_to_dict
-from ascan.classify.config import TrainConfig
 
 TINY_MODEL = ["model.kwargs={widths: [8, 16, 16, 16], stem_width: 8, head_width: 16, "
               "block_kwargs: {T: {head_dim: 8}, C: {expand_ratio: 1.0}}}"]

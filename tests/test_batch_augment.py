@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.transforms import v2
 
+from ascan.classify.config import AugConfig, DataConfig
 from ascan.data.batch_augment import BatchAugment
 from ascan.data.datasets import FashionMNIST, build_dataset, fashion_mnist_transform
 from ascan.data.fashion_mnist import MEAN, STD
-from ascan.classify.config import AugConfig, DataConfig
 
 
 def _images(n: int, side: int = 28, seed: int = 0) -> torch.Tensor:

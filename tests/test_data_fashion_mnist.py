@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from ascan.classify.config import AugConfig
 from ascan.data.datasets import FashionMNIST, fashion_mnist_transform, parse_rand_augment
 from ascan.data.fashion_mnist import MEAN, STD, load_fashion_mnist
 from ascan.data.idx import IdxFormatError, write_idx
 from ascan.errors import UserError
-from ascan.classify.config import AugConfig
 
 
 @pytest.mark.parametrize("gz", [True, False])

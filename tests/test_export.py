@@ -133,9 +133,9 @@ def test_unknown_source_exits_2(tmp_path, capsys, source):
 def test_run_folder_source_takes_ema_weights_and_reads_classes_and_channels(tmp_path):
     """A run folder (``last.pt``): its config names the model and size, the EMA weights are preferred, and the
     classes and input channels (Fashion-MNIST: 10 and 1) come from the weights."""
+    from ascan.classify.config import config_to_dict, load_config
     from ascan.engine import CHECKPOINT_NAME, save_checkpoint
     from ascan.export.source import build_model, resolve_source
-    from ascan.classify.config import config_to_dict, load_config
 
     cfg = load_config(None, ["model.name=neonext_tiny", f"model.kwargs={json.dumps(NEONEXT)}", "data.image_size=48"])
     trained = timm.create_model("neonext_tiny", num_classes=10, in_chans=1, img_size=48, **NEONEXT)

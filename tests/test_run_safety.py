@@ -21,11 +21,11 @@ from safetensors.torch import load_file
 
 import ascan.engine.loop as engine_loop
 from ascan.atomic import TEMP_MARK, atomic_write, temporaries
+from ascan.classify.config import TrainConfig, load_config
+from ascan.classify.train import train
 from ascan.cli import main as cli_main
 from ascan.engine import CHECKPOINT_NAME, FitConfig, load_checkpoint, open_run_folder, session
 from ascan.engine.settings import DEFAULT_CHECKPOINT_MINUTES
-from ascan.classify.config import TrainConfig, load_config
-from ascan.classify.train import train
 
 # A nano AsCAN small enough for a few CPU steps, still with C and T blocks, BN and SE.
 TINY_MODEL = ["model.name=ascan_nano",

@@ -14,13 +14,13 @@ from conftest import write_fake_fashion_mnist
 from safetensors.torch import load_file
 from torch import nn
 
+from ascan.classify.config import TrainConfig, load_config
+from ascan.classify.metrics import evaluate
+from ascan.classify.train import train
 from ascan.cli import main as cli_main
 from ascan.config import apply_overrides, parse_override
 from ascan.engine import EpochBatchSampler
 from ascan.errors import UserError
-from ascan.classify.config import TrainConfig, load_config
-from ascan.classify.train import train
-from ascan.classify.metrics import evaluate
 
 # A nano AsCAN small enough for a few CPU steps, still with C and T blocks, BN, SE and drop path.
 TINY_MODEL = ["model.name=ascan_nano",

@@ -1,9 +1,18 @@
-"""What every training command shares on the command line: the run arguments and how a run's config resolves.
+"""The one parser helper of every command: parsers, the shared options, ranges, and how a run's config resolves.
 
-``ascan train``, ``gen-train``, ``segment train`` and ``detect train`` all take ``--config``, ``--set``,
-``--resume RUN``, ``--overwrite``, ``--no-progress`` and ``--print-config``, and resolve a config the same
-way: built-in defaults <- the bundled YAML (or ``--config``) <- shortcuts <- ``--set``; on ``--resume`` the
-run's own saved config replaces the bundled YAML and the run's folder is the output.
+* :func:`doc_parser` / :func:`command_parser` build every parser (:class:`Parser`: a bad argument is one line,
+  exit 2, never argparse's usage dump).
+* :func:`add_options` adds the options every command spells the same way (:data:`OPTIONS`): positional ``RUN``,
+  ``--output``, ``--config``, ``--set``, ``--resume``, ``--overwrite``, ``--no-ema``, ``--device``, ``--threads``,
+  ``--nproc-per-node``, ``--no-progress``, ``--json``, ``--limit``; old spellings (``--out``, ``--raw``,
+  ``--from-raw``, ``--ckpt``) stay as hidden aliases.
+* :func:`ranged` is the one range mechanism on the command line: the same :class:`ascan.config.Range` the config
+  dataclasses declare (:func:`ascan.config.setting`), checked while parsing.
+* Training commands resolve a config the same way: built-in defaults <- the bundled YAML (or ``--config``) <-
+  shortcuts <- ``--set``; on ``--resume`` the run's own saved config replaces the bundled YAML and the run's
+  folder is the output.
+
+Nothing heavy is imported here: every ``--help`` is answered before a training stack loads.
 """
 
 from __future__ import annotations
@@ -13,12 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ascan.config import config_to_dict
-from ascan.engine import checkpoint_path, load_checkpoint
+from ascan.config import AT_LEAST_ONE, Range
 from ascan.errors import EXIT_INTERRUPTED, UserError
-from ascan.model_kwargs import check_config_model_kwargs
 from ascan.paths import check_output_folder
 
 CONFIG_FOLDER = "configs"
@@ -35,19 +40,99 @@ def bundled_config(name: str) -> Path | None:
     return None
 
 
-def doc_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (a :class:`UserError`, exit 2 through ``ascan.cli``), not a usage dump."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(message)  # ascan.cli names the command
+
+
+def doc_parser(prog: str, doc: str) -> Parser:
     """A command's parser whose help shows ``doc`` (its module docstring): the first line, then all of it."""
-    return argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0], epilog=doc,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    return Parser(prog=prog, description=doc.strip().splitlines()[0], epilog=doc,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def command_parser(prog: str, doc: str, *subcommands: Callable[[Any], None]) -> argparse.ArgumentParser:
+def command_parser(prog: str, doc: str, *subcommands: Callable[[Any], None]) -> Parser:
     """:func:`doc_parser` with sub-commands (``args.command``), each added by one of ``subcommands(sub)``."""
     parser = doc_parser(prog, doc)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for add in subcommands:
         add(sub)
     return parser
+
+
+# ---- one range mechanism on the command line -------------------------------------------------------------
+
+
+def ranged(kind: type, valid: Range) -> Callable[[str], Any]:
+    """An argparse ``type``: ``kind(text)`` that must lie in ``valid`` (else one line naming the option)."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if value not in valid:
+            raise argparse.ArgumentTypeError(f"must be {valid.describe()}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+THREADS_RANGE = Range(1, 1024)
+NPROC_RANGE = Range(1, 1024)  # processes torchrun starts on one machine
+LIMIT_RANGE = AT_LEAST_ONE
+DEVICE_HELP = "auto (default: cuda if available, else cpu), cpu, cuda or cuda:N"
+
+
+# ---- the options every command spells the same way ------------------------------------------------------
+
+
+def _add_run(parser: argparse.ArgumentParser, help_: str) -> None:
+    parser.add_argument("run", metavar="RUN", help=help_ or "run folder, its last.pt, or an exported .safetensors")
+
+
+def _add_output(parser: argparse.ArgumentParser, help_: str) -> None:
+    parser.add_argument("--output", help=help_ or "output folder")
+    parser.add_argument("--out", dest="output", help=argparse.SUPPRESS)  # the old spelling
+
+
+def _add_no_ema(parser: argparse.ArgumentParser, help_: str) -> None:
+    parser.add_argument("--no-ema", action="store_true", help=help_ or "the raw weights, not the EMA")
+    for old in ("--raw", "--from-raw"):  # the old spellings
+        parser.add_argument(old, dest="no_ema", action="store_true", help=argparse.SUPPRESS)
+
+
+OPTIONS: dict[str, Callable[[argparse.ArgumentParser, str], None]] = {
+    "run": _add_run,
+    "output": _add_output,
+    "config": lambda p, h: p.add_argument("--config", help=h or "YAML config"),
+    "set": lambda p, h: p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                                       help=h or "override config keys"),
+    "resume": lambda p, h: p.add_argument("--resume", metavar="RUN",
+                                          help=h or "run folder (or its last.pt) to continue"),
+    "overwrite": lambda p, h: p.add_argument(
+        "--overwrite", action="store_true",
+        help=h or "start a new run even if the output folder holds one (its files are replaced)"),
+    "no_ema": _add_no_ema,
+    "device": lambda p, h: p.add_argument("--device", default="auto", help=h or DEVICE_HELP),
+    "threads": lambda p, h: p.add_argument("--threads", type=ranged(int, THREADS_RANGE),
+                                           help=h or f"torch threads, {THREADS_RANGE} (default: torch's)"),
+    "nproc_per_node": lambda p, h: p.add_argument("--nproc-per-node", type=ranged(int, NPROC_RANGE), default=1,
+                                                  help=h or "processes to launch with torchrun (DDP)"),
+    "no_progress": lambda p, h: p.add_argument("--no-progress", action="store_true",
+                                               help=h or "no progress bar or summary table"),
+    "json": lambda p, h: p.add_argument("--json", action="store_true", help=h or "print the result as JSON"),
+    "limit": lambda p, h: p.add_argument("--limit", type=ranged(int, LIMIT_RANGE),
+                                         help=h or "only the first N inputs"),
+}
+
+
+def add_options(parser: argparse.ArgumentParser, *names: str, **helps: str) -> None:
+    """The shared options ``names`` (keys of :data:`OPTIONS`), each with its standard help unless ``helps`` has one."""
+    for name in names:
+        OPTIONS[name](parser, helps.get(name, ""))
 
 
 def train_subcommand(what: str, default_config: str, set_example: str) -> Callable[[Any], None]:
@@ -62,17 +147,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_config: str, set_
                       epoch_shortcuts: bool = False) -> None:
     """The arguments every training command has, and with ``epoch_shortcuts`` ``--output`` and ``--epochs``
     (:data:`EPOCH_SHORTCUTS`); other shortcuts are added by the caller."""
-    parser.add_argument("--config", help=f"YAML config (default: configs/{default_config}, else built-in defaults)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help=f"override config keys, e.g. {set_example}")
-    parser.add_argument("--resume", metavar="RUN", help="run folder (or its last.pt) to continue")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start a new run even if the output folder holds one (its files are replaced)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar or summary table")
+    add_options(parser, "config", "set", "resume", "overwrite", "no_progress", "nproc_per_node",
+                config=f"YAML config (default: configs/{default_config}, else built-in defaults)",
+                set=f"override config keys, e.g. {set_example}")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     if epoch_shortcuts:
-        parser.add_argument("--output", help="run folder (same as --set output=...)")
-        parser.add_argument("--epochs", type=int, help="same as --set optim.epochs=N")
+        add_options(parser, "output", output="run folder (same as --set output=...)")
+        parser.add_argument("--epochs", type=ranged(int, AT_LEAST_ONE), help="same as --set optim.epochs=N")
 
 
 def resolve_run_config(args: argparse.Namespace, load_config: Callable[..., Any], default_config: str,
@@ -84,6 +165,9 @@ def resolve_run_config(args: argparse.Namespace, load_config: Callable[..., Any]
     overrides = [f"{key}={getattr(args, name)}" for name, key in shortcuts.items() if getattr(args, name) is not None]
     overrides += (["progress=false"] if args.no_progress else []) + list(args.overrides)
     if args.resume:
+        from ascan.engine import checkpoint_path, load_checkpoint
+        from ascan.model_kwargs import check_config_model_kwargs
+
         if any(item.startswith("output=") for item in overrides):
             raise UserError("--resume continues a run in its own folder: leave out the output folder")
         state = load_checkpoint(args.resume)
@@ -95,11 +179,30 @@ def resolve_run_config(args: argparse.Namespace, load_config: Callable[..., Any]
     return load_config(args.config or bundled_config(default_config), overrides)
 
 
-def run_training(args: argparse.Namespace, cfg: Any, train: Callable[..., Any]) -> int:
-    """Print the config (``--print-config``) or train; exit status 0 when the run completed, 130 if stopped."""
+def check_launch(cfg: Any, nproc: int) -> None:
+    """What would fail in every worker, checked once before torchrun starts them."""
+    batch = getattr(getattr(cfg, "data", None), "batch_size", None)
+    if isinstance(batch, int) and batch % nproc:
+        raise UserError(f"data.batch_size {batch} is not divisible by --nproc-per-node {nproc} "
+                        "(each process trains on an equal share of the global batch)")
+    check_output_folder(cfg.output, "run folder")
+
+
+def run_training(args: argparse.Namespace, cfg: Any, train: Callable[..., Any], task: str, argv: list[str]) -> int:
+    """Print the config (``--print-config``), launch ``--nproc-per-node`` processes, or train; exit status 0 when
+    the run completed, 130 if stopped. ``argv`` is the verb's command line (what each launched process gets)."""
     if args.print_config:
+        import yaml
+
+        from ascan.config import config_to_dict
+
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
+    from ascan.launch import in_worker, launch
+
+    if args.nproc_per_node > 1 and not in_worker():
+        check_launch(cfg, args.nproc_per_node)  # every setting checked here, once, not in each worker
+        return launch(task, argv, args.nproc_per_node, cfg.output)
     check_output_folder(cfg.output, "run folder")
     result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0 if result.completed else EXIT_INTERRUPTED

@@ -1,4 +1,4 @@
-"""``python -m ascan.classify``: the entry point torchrun launches (``torchrun --nproc_per_node 2 -m ascan.classify``)."""
+"""``python -m ascan.classify``: what torchrun launches (``torchrun --nproc_per_node 2 -m ascan.classify``)."""
 
 import sys
 

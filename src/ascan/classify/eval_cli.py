@@ -15,6 +15,9 @@ from pathlib import Path
 import torch
 
 import ascan  # noqa: F401  (registers ascan models in timm)
+from ascan.classify.config import IMAGE_SIZE_RANGE, TrainConfig, config_from_dict
+from ascan.classify.metrics import evaluate
+from ascan.classify.model import create_model, read_weights_metadata, resize_state_dict
 from ascan.config import AT_LEAST_ONE
 from ascan.data.datasets import build_dataset
 from ascan.engine import DistInfo, checkpoint_path, load_checkpoint, load_model_state, load_weights_file, resolve_device
@@ -22,9 +25,6 @@ from ascan.engine.runtime import DEVICE_NAME, autocast_dtype
 from ascan.errors import UserError
 from ascan.fusion import fast_inference
 from ascan.model_kwargs import check_config_model_kwargs, check_model_kwargs
-from ascan.classify.config import IMAGE_SIZE_RANGE, TrainConfig, config_from_dict
-from ascan.classify.metrics import evaluate
-from ascan.classify.model import create_model, read_weights_metadata, resize_state_dict
 
 DEFAULT_EVAL_BATCH = 500
 DEFAULT_IMAGE_SIZE = 32  # a .safetensors file without image_size metadata: Fashion-MNIST's training size

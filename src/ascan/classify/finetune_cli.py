@@ -14,12 +14,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ascan.classify.config import TrainConfig, config_from_dict, load_config
+from ascan.classify.train import train
 from ascan.engine import checkpoint_path, load_checkpoint
 from ascan.errors import EXIT_INTERRUPTED
 from ascan.model_kwargs import check_config_model_kwargs
 from ascan.paths import check_output_folder
-from ascan.classify.config import TrainConfig, config_from_dict, load_config
-from ascan.classify.train import train
 
 FINETUNE_LR = 5e-5
 FINETUNE_WARMUP_EPOCHS = 1.0

@@ -16,12 +16,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from ascan.classify.config import TrainConfig
 from ascan.data.datasets import DatasetInfo
 from ascan.engine.state import load_model_state, load_weights_file
 from ascan.errors import UserError
 from ascan.layout import LayoutError
 from ascan.model_kwargs import check_model_kwargs
-from ascan.classify.config import TrainConfig
 
 
 def create_model(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:

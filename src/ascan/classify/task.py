@@ -15,11 +15,11 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import Dataset
 
+from ascan.classify.config import AugConfig
+from ascan.classify.metrics import evaluate
 from ascan.engine.distributed import DistInfo
 from ascan.engine.task import StepOutput
 from ascan.errors import UserError
-from ascan.classify.config import AugConfig
-from ascan.classify.metrics import evaluate
 
 REPORTED_METRICS = ("loss", "top1", "top5")
 

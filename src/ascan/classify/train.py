@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import ascan  # noqa: F401  (registers ascan models in timm)
+from ascan.classify.config import TrainConfig, config_to_dict
+from ascan.classify.model import create_model, init_from_weights
+from ascan.classify.task import ClassificationTask, build_loss
 from ascan.data.datasets import DatasetInfo, build_dataset
 from ascan.engine import FitResult, Run, RunInfo, batches_per_epoch, build_optimizer, fit_run, open_run, seed_all
 from ascan.errors import UserError
-from ascan.classify.config import TrainConfig, config_to_dict
-from ascan.classify.task import ClassificationTask, build_loss
-from ascan.classify.model import create_model, init_from_weights
 
 
 def run_info(cfg: TrainConfig, info: DatasetInfo) -> RunInfo:
@@ -30,7 +30,7 @@ def run_info(cfg: TrainConfig, info: DatasetInfo) -> RunInfo:
             "dataset": cfg.data.dataset, "data_root": cfg.data.root or "", "eval_split": cfg.data.eval_split}
     return RunInfo(title=f"ascan train: {cfg.model.name} on {cfg.data.dataset}", command="ascan train",
                    checkpoint_extra={"config": config_to_dict(cfg), "num_classes": info.num_classes},
-                   weights_metadata=meta)
+                   weights_metadata=meta, task="classify")
 
 
 def check_resumable(checkpoint: dict[str, Any], info: DatasetInfo, source: str) -> None:

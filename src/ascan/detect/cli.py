@@ -45,7 +45,8 @@ def run_train(args: argparse.Namespace) -> int:
     from ascan.detect.config import load_config
     from ascan.detect.task import train
 
-    return run_training(args, resolve_run_config(args, load_config, DEFAULT_CONFIG, EPOCH_SHORTCUTS), train)
+    return run_training(args, resolve_run_config(args, load_config, DEFAULT_CONFIG, EPOCH_SHORTCUTS), train,
+                        "detect", args.argv)
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, float]:
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = argv[1:]  # the verb's own arguments (what --nproc-per-node's processes get)
     if args.command == "train":
         return run_train(args)
     if args.command == "eval":

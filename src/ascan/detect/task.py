@@ -93,7 +93,7 @@ def run_info(cfg: DetectConfig, class_names: tuple[str, ...]) -> RunInfo:
             "image_size": str(cfg.data.image_size), "class_names": ",".join(class_names)}
     return RunInfo(title=f"ascan detect: {cfg.model.arch} on {cfg.model.backbone}", command="ascan detect train",
                    checkpoint_extra={"config": generic.config_to_dict(cfg), "class_names": list(class_names)},
-                   weights_metadata=meta)
+                   weights_metadata=meta, task="detect")
 
 
 def check_resumable(checkpoint: dict[str, Any], class_names: tuple[str, ...], source: str) -> None:

@@ -13,6 +13,7 @@ sampler position and the optimizer/scheduler/scaler/EMA states are restored.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -48,6 +49,7 @@ from ascan.engine.settings import FitConfig, fit_config
 from ascan.engine.state import TrainingState, restore_rng_streams, save_training_state
 from ascan.engine.stop import StopFlag
 from ascan.engine.task import StepOutput, Task, collate_fn_of
+from ascan.engine.trained import CONFIG_KEY, TASK_KEY
 from ascan.errors import UserError
 
 SECONDS_PER_MINUTE = 60.0
@@ -63,6 +65,15 @@ class RunInfo:
     command: str = "ascan train"  # how to resume: '<command> --resume <run folder>'
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # stored in every checkpoint (config, ...)
     weights_metadata: dict[str, str] = field(default_factory=dict)  # written into the exported safetensors
+    task: str | None = None  # recorded in both, so ascan.engine.trained.read_run knows whose run it is
+
+    def __post_init__(self) -> None:
+        """Every checkpoint and weights file records its task and (as JSON in the metadata) its config."""
+        if self.task is not None:
+            self.checkpoint_extra = {**self.checkpoint_extra, TASK_KEY: self.task}
+            self.weights_metadata = {**self.weights_metadata, TASK_KEY: self.task}
+        if CONFIG_KEY in self.checkpoint_extra:
+            self.weights_metadata = {**self.weights_metadata, CONFIG_KEY: json.dumps(self.checkpoint_extra[CONFIG_KEY])}
 
 
 @dataclass

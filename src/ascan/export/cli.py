@@ -1,41 +1,43 @@
-"""``ascan export``: a model, run folder, checkpoint or safetensors file to ONNX, checked in onnxruntime.
+"""``ascan export``: a model name or any task's run (folder, checkpoint, safetensors) to ONNX, checked in onnxruntime.
+
+This module is the one exporter of every task: ``ascan <task> export RUN`` builds the task's model and hands it
+to :func:`run_export` with the options of :func:`add_export_options`; ``ascan export RUN`` sends a run to its
+task's ``export`` verb (the task is read from the run, :func:`ascan.engine.trained.read_run`).
 
 The dynamo exporter traces the model built at ``--img-size`` (relative-position tables resized once, in
 PyTorch, so no interpolation is in the graph); every export ends with ``onnx.checker``, the file size
 against the parameter bytes, and onnxruntime against PyTorch (max abs/rel error, img/s of both). The file
 replaces ``--out`` only when every check passes (exit status 1 otherwise; a bad option exits with 2).
 
-    ascan export ascan_tiny --out ascan_tiny.onnx
-    ascan export runs/fashion_mnist --out fm.onnx --fuse --batch 8
-    ascan export neonext_tiny --out backbone.onnx --features-only --out-indices 1 2 3 --img-size 512
+    ascan export ascan_tiny --output ascan_tiny.onnx
+    ascan export runs/classify-fashion_mnist --output fm.onnx --fuse --batch 8
+    ascan export neonext_tiny --output backbone.onnx --features-only --out-indices 1 2 3 --img-size 512
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import importlib.util
 import json
 import sys
 
+from torch import nn
+
 from ascan.errors import UserError
 from ascan.export.onnx import ExportCheckError, ExportReport, export_onnx
 from ascan.export.options import DEFAULT_OPSET, DTYPES, ExportOptions
-from ascan.export.source import as_features, build_model, check_input_size, default_image_size, resolve_source
+from ascan.export.source import as_features, build_model, default_image_size, resolve_source, run_task
+from ascan.factory import check_input_size
 from ascan.fusion import fuse_with_summary
 from ascan.paths import check_output_file
+from ascan.runargs import add_options, doc_parser
 
 EXIT_CHECK_FAILED = 1
 REQUIRED_MODULES = ("onnx", "onnxruntime", "onnxscript")
 DYNAMIC = "dynamic"
 MB = 1e6
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as one line (via UserError) instead of usage + exit."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UserError(message)
 
 
 def _batch(text: str) -> int | None:
@@ -57,12 +59,10 @@ def _kwargs(text: str) -> dict:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ascan export", description=__doc__.splitlines()[0], epilog=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", metavar="MODEL_OR_RUN",
-                        help="registered model name, run folder, checkpoint (last.pt) or .safetensors weights")
-    parser.add_argument("--out", required=True, help="ONNX file to write")
+def add_export_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every export (``ascan export``, ``ascan <task> export``): file, size, batch, dtype, checks."""
+    add_options(parser, "output", "threads", "json", output="ONNX file to write",
+                threads="threads of both engines in the check (default: torch's)", json="print the report as JSON")
     parser.add_argument("--img-size", type=int, help="export (square) input size (default: the run's, else the "
                                                      "model's default)")
     parser.add_argument("--batch", type=_batch, default=None, help=f"'{DYNAMIC}' (default) or a fixed batch size")
@@ -72,16 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--features-only", action="store_true", help="export the feature-map backbone")
     parser.add_argument("--out-indices", type=int, nargs="+", help="stages a --features-only export returns "
                                                                    "(default: all)")
-    parser.add_argument("--weights", help="weights file (.safetensors or checkpoint) for a model name")
-    parser.add_argument("--model", help="model name of a .safetensors file without metadata")
-    parser.add_argument("--model-kwargs", type=_kwargs, help="JSON object of timm.create_model arguments")
-    parser.add_argument("--no-ema", action="store_true", help="a checkpoint's raw weights, not its EMA")
-    parser.add_argument("--threads", type=int, help="threads of both engines in the check (default: torch's)")
     parser.add_argument("--bench-seconds", type=float, default=ExportOptions.bench_seconds,
                         help="timing per engine and batch (0: parity only)")
     parser.add_argument("--max-size-ratio", type=float, default=ExportOptions.max_size_ratio,
                         help="fail when the file exceeds this multiple of the parameter bytes")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = doc_parser("ascan export", __doc__)
+    parser.add_argument("source", metavar="MODEL_OR_RUN",
+                        help="registered model name, or a run folder, checkpoint (last.pt) or .safetensors weights "
+                             "of any task")
+    add_options(parser, "no_ema", no_ema="a checkpoint's raw weights, not its EMA")
+    parser.add_argument("--weights", help="weights file (.safetensors or checkpoint) for a model name")
+    parser.add_argument("--model", help="model name of a .safetensors file without metadata")
+    parser.add_argument("--model-kwargs", type=_kwargs, help="JSON object of timm.create_model arguments")
+    add_export_options(parser)
     return parser
 
 
@@ -127,29 +133,54 @@ def _report_json(report: ExportReport) -> str:
     return json.dumps(data, indent=2)
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+def check_export_args(args: argparse.Namespace) -> ExportOptions:
+    """Options, output file and the export extra checked before any model is built."""
+    if args.output is None:
+        raise UserError("--output is required: the ONNX file to write")
     opts = options_from_args(args)
-    check_output_file(args.out, "--out")
+    check_output_file(args.output, "--output")
     _require_export_extra()
-    source = resolve_source(args.source, model=args.model, weights=args.weights, raw=args.no_ema,
-                            model_kwargs=args.model_kwargs)
-    img_size = opts.img_size or source.image_size or default_image_size(source)
-    model, in_chans = build_model(source, img_size)
-    check_input_size(model, source.name, img_size)
+    return opts
+
+
+def run_export(model: nn.Module, args: argparse.Namespace, opts: ExportOptions, *, name: str, origin: str,
+               in_chans: int, img_size: int, features: bool = True) -> int:
+    """Fuse / take the feature maps as asked, export ``model`` to ``args.output`` and print the checks' report.
+
+    ``features``: whether ``--features-only`` applies (a classifier or a backbone); a whole segmenter or a
+    generator has no feature-map form. Exit status 0, or :data:`EXIT_CHECK_FAILED` when a check failed.
+    """
+    check_input_size(model, name, img_size, "--img-size")
     notes = [f"{img_size} px", opts.dtype, f"opset {opts.opset}", f"batch {opts.batch or DYNAMIC}"]
     if opts.fuse:
         model, summary = fuse_with_summary(model)
         notes.append(f"fused: {summary.bn_folded} BatchNorm{'' if summary.bn_folded == 1 else 's'} folded")
     if opts.features_only:
-        model = as_features(model, source.name, opts.out_indices)
+        if not features:
+            raise UserError(f"--features-only: {name} is exported whole (it has no feature-map form)")
+        model = as_features(model, name, opts.out_indices)
         notes.append("features_only")
-    title = f"{source.name} ({source.origin}) -> {args.out} ({', '.join(notes)})"
+    title = f"{name} ({origin}) -> {args.output} ({', '.join(notes)})"
     try:
-        report = export_onnx(model, args.out, opts, in_chans, img_size)
+        report = export_onnx(model, args.output, opts, in_chans, img_size)
     except ExportCheckError as err:
         print(_report_json(err.report) if args.json else format_report(err.report, title))
-        print(f"ascan export: check failed, {args.out} not written: {err}", file=sys.stderr)
+        print(f"ascan export: check failed, {args.output} not written: {err}", file=sys.stderr)
         return EXIT_CHECK_FAILED
     print(_report_json(report) if args.json else format_report(report, title))
     return 0
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    task = run_task(args.source)
+    if task not in (None, "classify"):  # another task's run: its own export verb builds its model
+        module = importlib.import_module(f"ascan.{task}.cli")
+        return int(module.main(["export", *argv]) or 0)
+    opts = check_export_args(args)
+    source = resolve_source(args.source, model=args.model, weights=args.weights, raw=args.no_ema,
+                            model_kwargs=args.model_kwargs)
+    img_size = opts.img_size or source.image_size or default_image_size(source)
+    model, in_chans = build_model(source, img_size)
+    return run_export(model, args, opts, name=source.name, origin=source.origin, in_chans=in_chans,
+                      img_size=img_size)

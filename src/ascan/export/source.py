@@ -21,15 +21,15 @@ import torch
 from timm.models import FeatureListNet
 from torch import nn
 
-from ascan.engine.state import load_checkpoint, load_model_state, load_weights_file
-from ascan.errors import UserError
-from ascan.layout import LayoutError
-from ascan.model_kwargs import WEIGHT_LOADING_KWARGS, check_model_kwargs
 from ascan.classify.config import config_from_dict
 from ascan.classify.model import read_weights_metadata, resize_state_dict
+from ascan.engine.state import load_checkpoint, load_model_state, load_weights_file
+from ascan.engine.trained import read_run
+from ascan.errors import UserError
+from ascan.factory import create_model, is_ours
+from ascan.model_kwargs import WEIGHT_LOADING_KWARGS, check_model_kwargs
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
-ASCAN_MODULE_PREFIX = "ascan."  # entry points defined in this package take ``img_size`` (tables sized to it)
 # Set by the export options, not by --model-kwargs: the export size, the feature-map mode and no weights.
 RESERVED_KWARGS = frozenset({"img_size", "features_only", "out_indices", *WEIGHT_LOADING_KWARGS})
 INIT_SEED = 0  # a model exported without weights gets the same random weights every time
@@ -99,16 +99,21 @@ def resolve_source(spec: str, *, model: str | None = None, weights: str | None =
     return source
 
 
-def is_ascan_model(name: str) -> bool:
-    """Whether ``name`` is one of this package's models (they take ``img_size`` and size their tables to it)."""
-    return timm.models.model_entrypoint(name).__module__.startswith(ASCAN_MODULE_PREFIX)
+def run_task(spec: str) -> str | None:
+    """The task whose run ``spec`` is (read from the file), or ``None`` for a model name."""
+    path = Path(spec)
+    if not (path.is_dir() or path.suffix in WEIGHT_SUFFIXES):
+        return None
+    if path.suffix in WEIGHT_SUFFIXES and path.suffix != ".safetensors":
+        return read_run(path).task
+    try:
+        return read_run(path).task
+    except UserError:
+        return None  # a classifier export without metadata (--model names it): resolve_source reports the rest
 
 
 def _create(name: str, **kwargs: Any) -> nn.Module:
-    try:
-        return timm.create_model(name, pretrained=False, **kwargs)
-    except (LayoutError, TypeError, ValueError) as err:
-        raise UserError(f"{name} with {kwargs}: {err}") from None
+    return create_model(name, what="--img-size", **kwargs)
 
 
 def default_image_size(source: ModelSource) -> int:
@@ -142,7 +147,7 @@ def _input_kwargs_from_weights(source: ModelSource, kwargs: dict[str, Any]) -> d
 def build_model(source: ModelSource, img_size: int) -> tuple[nn.Module, int]:
     """The model in eval mode at ``img_size`` with the source's weights, and its input channel count."""
     kwargs = dict(source.kwargs)
-    if is_ascan_model(source.name):
+    if is_ours(source.name):
         kwargs["img_size"] = img_size
     if source.weights is not None:
         kwargs.update(_input_kwargs_from_weights(source, kwargs))
@@ -152,13 +157,6 @@ def build_model(source: ModelSource, img_size: int) -> tuple[nn.Module, int]:
         load_model_state(model, resize_state_dict(model, source.weights), source.origin)
     in_chans = int(kwargs.get("in_chans", model.pretrained_cfg["input_size"][0]))
     return model.eval(), in_chans
-
-
-def check_input_size(model: nn.Module, name: str, img_size: int) -> None:
-    """A one-line error for sizes a model with strict input sizes rejects (sides must divide by its reduction)."""
-    reduction = getattr(model, "reduction", 1)
-    if getattr(model, "strict_input_size", False) and img_size % reduction:
-        raise UserError(f"img_size {img_size}: {name} needs a multiple of {reduction} (it downsamples {reduction}x)")
 
 
 def as_features(model: nn.Module, name: str, out_indices: tuple[int, ...] | None) -> nn.Module:

@@ -45,4 +45,4 @@ def resolve_config(args: argparse.Namespace) -> GenConfig:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    return run_training(args, resolve_config(args), train)
+    return run_training(args, resolve_config(args), train, "generate", argv)

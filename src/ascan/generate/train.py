@@ -93,7 +93,8 @@ def run_info(settings: GenConfig) -> RunInfo:
     m = settings.model
     return RunInfo(title=f"ascan gen-train: {m.arch}, {settings.objective.name}, {m.cond}-conditional",
                    command="ascan gen-train", checkpoint_extra={"config": config_to_dict(settings)},
-                   weights_metadata={"arch": m.arch, "cond": m.cond, "objective": settings.objective.name})
+                   weights_metadata={"arch": m.arch, "cond": m.cond, "objective": settings.objective.name},
+                   task="generate")
 
 
 def write_preview(gen: TrainedGenerator, directory: Path, step: int) -> Path:

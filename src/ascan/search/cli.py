@@ -134,9 +134,9 @@ def prepare_folder(out: Path, resume: bool, overwrite: bool, storage: str | None
 
 def latency_setting(args: argparse.Namespace, proxy):
     """The latency setting of the proxy's model (widths etc. from the training config)."""
+    from ascan.classify.config import load_config
     from ascan.search.latency import Setting
     from ascan.search.proxy import base_config
-    from ascan.classify.config import load_config
 
     kw = load_config(base_config(proxy)).model.kwargs
     return Setting(widths=tuple(kw.get("widths", (16, 32, 64, 128))), stem_width=kw.get("stem_width", 16),
@@ -335,9 +335,9 @@ def report_phase(args, out: Path, study, table, proxy, plan) -> None:
 
 def full_train(out: Path, layouts: list[str], args, proxy) -> dict[str, list[float]]:
     """The main job's full training (its config, its epochs) of each layout, ``--final-seeds`` seeds each."""
-    from ascan.search.proxy import base_config
     from ascan.classify.config import load_config
     from ascan.classify.train import train
+    from ascan.search.proxy import base_config
 
     results: dict[str, list[float]] = {}
     for lay in layouts:

@@ -74,9 +74,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def run_proxy(layout: str, output: str | Path, proxy: ProxySettings, report: Reporter | None = None) -> float:
     """Train ``layout`` briefly into run folder ``output`` (overwritten: it is the trial's own) and return
     its last test top-1 (%). Raises :class:`Pruned` when ``report`` says stop after some epoch."""
-    from ascan.engine.runlog import METRICS_CSV
     from ascan.classify.config import load_config
     from ascan.classify.train import train
+    from ascan.engine.runlog import METRICS_CSV
 
     cfg = load_config(base_config(proxy), train_overrides(layout, output, proxy))
     metrics = Path(output) / METRICS_CSV

@@ -55,7 +55,8 @@ def _train(args: argparse.Namespace) -> int:
     from ascan.segment.config import load_config
     from ascan.segment.train import train
 
-    return run_training(args, resolve_run_config(args, load_config, DEFAULT_CONFIG, EPOCH_SHORTCUTS), train)
+    return run_training(args, resolve_run_config(args, load_config, DEFAULT_CONFIG, EPOCH_SHORTCUTS), train,
+                        "segment", args.argv)
 
 
 def _device(name: str):
@@ -107,4 +108,5 @@ def _predict(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = argv[1:]  # the verb's own arguments (what --nproc-per-node's processes get)
     return {"train": _train, "eval": _eval, "predict": _predict}[args.command](args)

@@ -57,7 +57,7 @@ def run_info(cfg: SegmentConfig, info: SegDataInfo) -> RunInfo:
                    command=COMMAND,
                    checkpoint_extra={"config": config_to_dict(cfg), NUM_CLASSES_KEY: info.num_classes,
                                      CLASS_NAMES_KEY: list(info.class_names)},
-                   weights_metadata=meta)
+                   weights_metadata=meta, task="segment")
 
 
 def _check_resumable(checkpoint: dict[str, Any], info: SegDataInfo, source: str) -> None:
