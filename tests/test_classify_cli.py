@@ -117,6 +117,7 @@ def test_short_form_and_long_form_resolve_the_same_config(capsys):
     assert "output: runs/classify-fashion_mnist" in long_form and "epochs: 3" in long_form
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and timm: 10-25 s on 2 shared cores
 def test_python_m_ascan_classify_trains(tmp_path):
     """``python -m ascan.classify`` (what ``torchrun -m ascan.classify`` starts) is ``ascan classify train``."""
     def run(*argv: str) -> subprocess.CompletedProcess:
@@ -143,6 +144,25 @@ def test_eval_says_which_weights_and_precision_it_scored(fm_run, capsys):
     assert raw["loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
     code, out, err = run_cli(capsys, "classify", "eval", str(fm_run), "--no-fast", "--threads", "1")
     assert code == 0 and "EMA weights, fp32" in out and f"top-1 {summary['ema_top1']:.2f} %" in out
+
+
+def test_an_old_format_weights_file_still_evaluates_and_predicts(fm_run, fm_data, test_pngs, tmp_path, capsys):
+    """A ``.safetensors`` written before the config was recorded (model / model_kwargs / image_size / data entries
+    in its metadata, no task): the same scores as the run it came from."""
+    from ascan.atomic import save_safetensors
+
+    old = tmp_path / "old.safetensors"
+    save_safetensors(load_file(str(fm_run / "model_ema.safetensors")), old, {
+        "model": "ascan_nano", "model_kwargs": json.dumps(TINY_KWARGS), "image_size": "32", "num_classes": "10",
+        "in_chans": "1", "dataset": "fashion_mnist", "data_root": str(fm_data[0]), "eval_split": "test"})
+    code, out, err = run_cli(capsys, "classify", "eval", str(old), "--json", "--no-fast")
+    assert code == 0, err
+    assert json.loads(out)["top1"] == pytest.approx(json.loads((fm_run / "summary.json").read_text())["ema_top1"])
+    code, _, err = run_cli(capsys, "classify", "predict", str(old), str(test_pngs[0]), "--output", str(tmp_path / "o"))
+    assert code == 0, err
+    row = read_csv(tmp_path / "o" / "predictions.csv")[1]
+    expected = reference_probabilities(reference_model(fm_run), fm_data[1]["t10k"][0][0])
+    assert row[1] == CLASSES[int(np.argmax(expected))] and float(row[2]) == pytest.approx(expected.max(), abs=2e-6)
 
 
 def _other_task_run(folder: Path) -> Path:
@@ -285,7 +305,6 @@ def test_predict_bad_options_are_one_line_errors(fm_run, test_pngs, tmp_path, ca
 # ---- export -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # the dynamo exporter: about 25 s on 2 shared cores
 def test_export_verb_writes_a_model_that_matches_the_run(fm_run, tmp_path, capsys):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
