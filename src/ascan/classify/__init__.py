@@ -1,4 +1,5 @@
-"""Image classification, ``ascan classify train|eval|predict|export|finetune`` (short forms ``ascan train|eval|finetune``).
+"""Image classification, ``ascan classify <verb>``: train, eval, predict, export, finetune (short forms ``ascan train``,
+``ascan eval``, ``ascan finetune``).
 
 Rooms: :mod:`~ascan.classify.config` (typed settings, every default), :mod:`~ascan.classify.data` (what a run's
 data was), :mod:`~ascan.classify.model` (built by the one factory, read back by the one run reader),

@@ -93,11 +93,11 @@ def _read(path: Path, transform, thumbnail: bool) -> tuple[torch.Tensor, Image.I
     """The model's input for ``path`` and, if asked, its thumbnail (a one-line error for an unreadable file)."""
     try:
         with Image.open(path) as image:
-            image.load()
-            thumb = ImageOps.pad(image.convert("RGB"), (THUMB_SIDE, THUMB_SIDE), color=WHITE) if thumbnail else None
-            return transform(image), thumb
+            image.load()  # the pixels stay usable once the file is closed
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # PIL's ways of refusing a file
         raise UserError(f"{path} is not a readable image ({err})") from None
+    thumb = ImageOps.pad(image.convert("RGB"), (THUMB_SIDE, THUMB_SIDE), color=WHITE) if thumbnail else None
+    return transform(image), thumb
 
 
 @torch.no_grad()

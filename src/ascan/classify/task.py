@@ -53,7 +53,7 @@ class ClassificationTask:
     num_classes: int
     mixup: Mixup | None
     criterion: nn.Module
-    eval_batch_size: int = 500
+    eval_batch_size: int  # data.eval_batch_size
     channels_last: bool = False
     dist_info: DistInfo = DistInfo()
 
@@ -89,10 +89,11 @@ def _check_data_fits(run: DatasetInfo, data: DatasetInfo, origin: str) -> None:
 
 
 def evaluate_run(source: str | Path, *, prefer_ema: bool = True, model_name: str | None = None,
-                 data: dict[str, Any] | None = None, device_name: str = "auto", batch_size: int = 500,
-                 fast: bool | None = None, flip_tta: bool = False) -> dict[str, Any]:
+                 data: dict[str, Any] | None = None, device_name: str = "auto", fast: bool | None = None,
+                 flip_tta: bool = False) -> dict[str, Any]:
     """Top-1/top-5 and loss of the run at ``source`` on its evaluation split (``data`` changes ``cfg.data``: data
-    set, root, split, image size), with what was scored: ``weights`` (EMA or raw), ``precision``, model, data."""
+    set, root, split, image size, batch size), with what was scored: ``weights`` (EMA or raw), ``precision``,
+    model, data."""
     device = resolve_device(device_name, DistInfo())  # a bad name fails before any file is read
     trained = load_trained(source, prefer_ema=prefer_ema, model_name=model_name, data={**(data or {}),
                                                                                       "eval_subset": None})
@@ -100,7 +101,7 @@ def evaluate_run(source: str | Path, *, prefer_ema: bool = True, model_name: str
     eval_set, data_info = build_dataset(cfg.data, cfg.aug, train=False)
     _check_data_fits(trained.info, data_info, str(trained.run.source))
     model, precision = inference_precision(trained.model.to(device), device, fast)
-    result = evaluate(model, eval_set, trained.info.num_classes, device, batch_size, flip_tta=flip_tta)
+    result = evaluate(model, eval_set, trained.info.num_classes, device, cfg.data.eval_batch_size, flip_tta=flip_tta)
     return {**result, "weights": trained.run.weights_kind, "precision": precision, "flip_tta": flip_tta,
             "model": cfg.model.name, "dataset": cfg.data.dataset, "split": cfg.data.eval_split,
             "run": str(trained.run.source)}
