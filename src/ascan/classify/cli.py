@@ -90,14 +90,15 @@ def _train_parser(sub) -> None:
 
 def _eval_parser(sub) -> None:
     p = _verb(sub, "eval", EVAL_DOC)
-    add_options(p, "run", "no_ema", "device", "threads", "json", no_ema="score the raw weights, not the EMA")
+    add_options(p, "run", "no_ema", "device", "threads", "json", run=RUN_HELP,
+                no_ema="score the raw weights, not the EMA")
     p.add_argument("--dataset", choices=DATASETS, help="default: the run's data set")
     p.add_argument("--data-root", help="data folder (default: the run's)")
     p.add_argument("--split", help="split to evaluate (default: the run's eval split, e.g. 'test')")
     p.add_argument("--image-size", type=ranged(int, IMAGE_SIZE_RANGE), help="evaluation resolution (default: the "
                                                                             "run's)")
     p.add_argument("--batch-size", type=ranged(int, AT_LEAST_ONE), help="default: the run's data.eval_batch_size")
-    p.add_argument("--model", help="timm model name (only for a .safetensors file without metadata)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                    help="inference fast path (ascan.fast_inference: BN folded, low-precision weights, channels-last);"
                         " default: on where the device has native bf16 (as amp 'auto'). --no-fast scores in fp32, "
