@@ -195,9 +195,10 @@ def test_eval_cli_reproduces_the_final_training_metric(data_root, tmp_path, caps
 
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert got["top1"] == pytest.approx(result.metrics["ema_top1"]) and got["precision"] == "fp32"
+    assert got["weights"] == "EMA"
     assert cli_main(["eval", str(tmp_path / "run" / "model.safetensors"), "--json", "--no-fast"]) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert got["top1"] == pytest.approx(result.metrics["test_top1"])
+    assert got["top1"] == pytest.approx(result.metrics["test_top1"]) and got["weights"] == "raw"
     # --fast (BN folded, bf16 weights, channels-last): the same images scored, the loss within bf16 rounding
     # of the fp32 weights'
     assert cli_main(["eval", str(tmp_path / "run" / "model.safetensors"), "--json", "--fast"]) == 0

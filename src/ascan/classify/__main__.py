@@ -1,8 +1,11 @@
-"""``python -m ascan.classify``: what torchrun launches (``torchrun --nproc_per_node 2 -m ascan.classify``)."""
+"""``python -m ascan.classify [VERB] ...``: ``ascan classify VERB ...``, the verb ``train`` when none is given (what
+``torchrun --nproc_per_node 2 -m ascan.classify ...`` runs)."""
 
 import sys
 
-from ascan.cli import main
+from ascan.cli import TASKS, main
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    argv = sys.argv[1:]
+    verb = [] if argv and argv[0] in TASKS["classify"].verbs else ["train"]
+    sys.exit(main(["classify", *verb, *argv]))

@@ -5,6 +5,9 @@ dotted keys with YAML values, e.g. ``--set optim.lr=1e-3 aug.mixup_alpha=0.8 mod
 Unknown keys, wrongly typed values and values outside a field's declared range are one-line errors
 (:mod:`ascan.config`), so a typo never silently trains the wrong thing. The resolved config is written next
 to every run (``config.yaml``) and stored inside its checkpoints.
+
+Every default is written here, once: ``configs/fashion_mnist.yaml`` only equals them (a test checks it), and the
+command-line defaults refer to these fields.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 from ascan import config as generic
 from ascan.config import AT_LEAST_ONE, DROP_RATE, FRACTION, NON_NEGATIVE, Range, read_yaml, setting, with_defaults
-from ascan.engine.settings import WORKERS_RANGE, EpochOptimSettings, EpochRunSettings
+from ascan.engine.settings import LR_RANGE, WORKERS_RANGE, EpochOptimSettings, EpochRunSettings
 
 DATASETS = ("fashion_mnist", "imagefolder")
 SCHEDULES = ("cosine", "const")
@@ -23,6 +26,9 @@ SMOOTHING_RANGE = Range(0.0, 1.0, high_open=True)
 IMAGE_SIZE_RANGE = Range(8, 4096)
 MIX_ALPHA_RANGE = Range(0.0, 100.0)
 CROP_PADDING_RANGE = Range(0, 64)
+# The run folder when ``output`` is left empty: named for the task and the data, so a run on another data set
+# never lands in (or is refused by) the Fashion-MNIST run's folder.
+OUTPUT_TEMPLATE = "runs/classify-{dataset}"
 
 
 @dataclass
@@ -44,7 +50,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Any timm model name; ``kwargs`` go to ``timm.create_model`` (e.g. ``layout`` for AsCAN models)."""
+    """Any timm model name; ``kwargs`` are its constructor settings (e.g. ``layout`` for AsCAN models), built by
+    :func:`ascan.factory.create_model` at ``data.image_size``."""
 
     name: str = "ascan_nano"
     drop_path_rate: float = setting(0.0, DROP_RATE)  # stochastic depth (paper: 0.3/0.4/0.5 for T/B/L on ImageNet)
@@ -53,7 +60,7 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=lambda: {
         "widths": [16, 32, 64, 128], "stem_width": 16, "head_width": 128,
         "block_kwargs": {"T": {"head_dim": 16}, "C": {"expand_ratio": 2.0}}})
-    init_from: str | None = None  # weights to start from (fine-tuning): checkpoint or .safetensors
+    init_from: str | None = None  # a classifier run to start from (fine-tuning): folder, last.pt, .safetensors
     init_from_ema: bool = True  # from a checkpoint, start from its EMA weights when it has them
 
 
@@ -84,14 +91,38 @@ class AugConfig:
 
 
 @dataclass
-@with_defaults(output="runs/fashion_mnist", compile="auto")
+@with_defaults(output="", compile="auto")
 class TrainConfig(EpochRunSettings):
+    """A classifier run; ``output`` left empty is :data:`OUTPUT_TEMPLATE` (``runs/classify-fashion_mnist``)."""
+
     channels_last: bool = True  # faster convolutions on CPU (oneDNN) and tensor cores
     save_rank_weights: bool = False  # DDP check: every rank writes its final weights
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     aug: AugConfig = field(default_factory=AugConfig)
+
+    def __post_init__(self) -> None:
+        if not self.output:
+            self.output = OUTPUT_TEMPLATE.format(dataset=self.data.dataset)
+
+
+@dataclass
+class FinetuneSettings:
+    """``finetune``'s schedule (patent [0072], [0075]: 224 -> 512 for 90 epochs at a constant 5e-5 after one warm-up
+    epoch); shorter by default. The run's other settings (EMA, stochastic depth, weight decay) are kept."""
+
+    epochs: int = setting(2, AT_LEAST_ONE)
+    lr: float = setting(5e-5, LR_RANGE)  # constant after the warm-up
+    warmup_epochs: float = setting(1.0, NON_NEGATIVE)
+
+
+@dataclass
+class PredictSettings:
+    """``predict``'s own settings (the model and its preprocessing come from the run)."""
+
+    top_k: int = setting(5, AT_LEAST_ONE)  # classes per image, capped at the run's class count
+    batch_size: int = setting(64, AT_LEAST_ONE)  # images per forward pass
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -115,5 +146,6 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     generic.save_config(cfg, path)
 
 
-__all__ = ["AugConfig", "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "config_from_dict",
-           "config_to_dict", "load_config", "read_yaml", "save_config"]
+__all__ = ["OUTPUT_TEMPLATE", "AugConfig", "DataConfig", "FinetuneSettings", "ModelConfig", "OptimConfig",
+           "PredictSettings", "TrainConfig", "config_from_dict", "config_to_dict", "load_config", "read_yaml",
+           "save_config"]

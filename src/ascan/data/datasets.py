@@ -1,20 +1,23 @@
 """Datasets and transforms for training: Fashion-MNIST (tensors in memory) and any ImageFolder tree.
 
 Both yield ``(float image [C, H, W] normalized, int label)`` so the training loop does not care which
-one it reads. Fashion-MNIST is augmented a whole batch at a time (:mod:`ascan.data.batch_augment`), so a
-2-core machine spends its time in the model, not in the loader; with RandAugment it keeps torchvision's
-per-sample transforms.
+one it reads; :func:`image_transform` gives one image file the evaluation split's preprocessing (``predict``).
+Fashion-MNIST is augmented a whole batch at a time (:mod:`ascan.data.batch_augment`), so a 2-core machine
+spends its time in the model, not in the loader; with RandAugment it keeps torchvision's per-sample transforms.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import find_classes
 from torchvision.transforms import v2
 
 from ascan.data.batch_augment import BatchAugment
@@ -163,7 +166,39 @@ def imagefolder_dataset(root: str | None, split: str, transform, subset: int | N
     classes = tuple(dataset.classes)
     if subset is not None:
         dataset = Subset(dataset, range(min(subset, len(dataset))))
-    return dataset, DatasetInfo(len(classes), RGB_CHANNELS, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, classes)
+    return dataset, imagefolder_info(classes)
+
+
+def imagefolder_info(class_names: tuple[str, ...]) -> DatasetInfo:
+    """An ImageFolder data set's description: its classes, RGB, ImageNet statistics."""
+    return DatasetInfo(len(class_names), RGB_CHANNELS, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, class_names)
+
+
+def image_transform(data_cfg) -> Callable[[Image.Image], torch.Tensor]:
+    """One image file as the evaluation split sees its images: the data set's own eval transform, fed the image
+    in the data set's own form (Fashion-MNIST: a 28 x 28 grayscale uint8 tensor; ImageFolder: an RGB image)."""
+    if data_cfg.dataset == "fashion_mnist":
+        transform = fashion_mnist_transform(data_cfg.image_size, train=False)
+        side = (FASHION_MNIST_SIDE, FASHION_MNIST_SIDE)
+
+        def as_fashion_mnist(image: Image.Image) -> torch.Tensor:
+            gray = image.convert("L")
+            gray = gray if gray.size == side else gray.resize(side, Image.Resampling.BILINEAR)
+            return transform(v2.functional.pil_to_tensor(gray))
+        return as_fashion_mnist
+    transform = imagefolder_transform(data_cfg.image_size, train=False)
+    return lambda image: transform(image.convert("RGB"))
+
+
+def folder_class_names(root: str | None, split: str) -> tuple[str, ...] | None:
+    """The class folder names of ``root/<split>`` (ImageFolder's order), or ``None`` where there is no such folder."""
+    folder = Path(root) / split if root else None
+    if folder is None or not folder.is_dir():
+        return None
+    try:
+        return tuple(find_classes(str(folder))[0])
+    except FileNotFoundError:  # no class folders
+        return None
 
 
 def build_dataset(data_cfg, aug_cfg, train: bool) -> tuple[Dataset, DatasetInfo]:
