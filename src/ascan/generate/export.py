@@ -1,7 +1,7 @@
 """The generator's denoiser as a graph of plain tensors, for the one exporter (:func:`ascan.export.onnx.export_onnx`).
 
 A generator is called with a :class:`~ascan.generate.conditioning.Conditioning` bundle, which ONNX cannot take;
-:class:`ExportableDenoiser` unpacks it into named inputs, each with a batch axis:
+:func:`exportable_denoiser` unpacks it into named inputs, each with a batch axis:
 
 * class-conditional: ``x`` [B, C, H, W] float, ``t`` [B] float in [0, 1], ``labels`` [B] int64
   (``num_classes`` = the null class of classifier-free guidance);
@@ -32,19 +32,32 @@ from ascan.generate.sample import TrainedGenerator
 OUTPUT_NAMES = ["prediction"]
 
 
-class ExportableDenoiser(nn.Module):
-    """``model(x, t, *conditioning tensors)``: the denoiser with its conditioning as separate tensors."""
+class ClassDenoiser(nn.Module):
+    """``(x, t, labels) -> prediction``: a class-conditional denoiser with plain tensor inputs."""
 
-    def __init__(self, model: nn.Module, cond: str):
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.model, self.cond = model, cond
+        self.model = model
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, *conditioning: torch.Tensor) -> torch.Tensor:
-        if self.cond == "class":
-            (labels,) = conditioning
-            return self.model(x, t, Conditioning(labels=labels))
-        tokens, mask, pooled = conditioning
-        return self.model(x, t, Conditioning(text_tokens=tokens, text_mask=mask, text_pooled=pooled))
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.model(x, t, Conditioning(labels=labels))
+
+
+class TextDenoiser(nn.Module):
+    """``(x, t, text_tokens, text_mask, text_pooled) -> prediction``: a text-conditional denoiser."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                text_pooled: torch.Tensor) -> torch.Tensor:
+        return self.model(x, t, Conditioning(text_tokens=text_tokens, text_mask=text_mask, text_pooled=text_pooled))
+
+
+def exportable_denoiser(gen: TrainedGenerator) -> nn.Module:
+    """``gen``'s denoiser taking its conditioning as the tensors :func:`denoiser_inputs` draws."""
+    return (ClassDenoiser if gen.settings.model.cond == "class" else TextDenoiser)(gen.model)
 
 
 def _text_mask(batch: int, length: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -87,7 +100,8 @@ def export_generator(gen: TrainedGenerator, args: argparse.Namespace, opts: Expo
     """
     check_generator_options(gen, opts)
     m = gen.settings.model
-    model = ExportableDenoiser(gen.model.cpu(), m.cond)
+    gen.model.cpu()
+    model = exportable_denoiser(gen)
     notes = [f"{m.image_size} px", f"{m.cond}-conditional", opts.dtype, f"opset {opts.opset}",
              f"batch {opts.batch or 'dynamic'}"]
     title = f"{m.arch} denoiser ({origin}) -> {args.output} ({', '.join(notes)})"
