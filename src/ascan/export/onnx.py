@@ -63,6 +63,7 @@ import math
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ from ascan.layers.attention import set_bias_memory_budget
 from ascan.layers.rel_pos import RelPosBiasTable
 
 INPUT_NAME = "input"
+SHARED_BATCH_WARNING = "# The axis name: batch will not be used"  # torch.onnx, when inputs share the batch axis
 TRACE_BATCH = 2  # torch.export specialises a size-1 axis: a dynamic batch is traced at 2
 PARITY_BATCHES = (1, 3)  # a dynamic batch is checked at both (the acceptance sizes)
 INPUT_SEED = 0
@@ -231,7 +233,8 @@ def trace_to_onnx(model: nn.Module, opts: ExportOptions, inputs: list[ModelInput
     batch = TRACE_BATCH if opts.dynamic_batch else opts.batch
     examples = tuple(spec.draw(batch, None) for spec in inputs)
     dynamic = tuple({0: "batch"} for _ in inputs) if opts.dynamic_batch else None
-    with export_mode(), torch.no_grad():
+    with export_mode(), torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=SHARED_BATCH_WARNING)  # several inputs: one batch axis, meant
         program = torch.onnx.export(model, examples, dynamo=True, optimize=False, opset_version=opts.opset,
                                     dynamic_shapes=dynamic, input_names=[spec.name for spec in inputs],
                                     output_names=names, external_data=False, verbose=False)

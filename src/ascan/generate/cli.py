@@ -190,7 +190,11 @@ def _eval(args: argparse.Namespace) -> int:
     num_classes = gen.settings.model.num_classes or 0
     if per_class * num_classes > MAX_IMAGES:
         raise UserError(f"--n-per-class {per_class} x {num_classes} classes is more than {MAX_IMAGES} images")
-    classifier = quality.load_or_train_classifier(Path(args.classifier or quality.DEFAULT_CLASSIFIER))
+    classifier_path = Path(args.classifier or quality.DEFAULT_CLASSIFIER)
+    if not classifier_path.is_file():
+        print(f"training the FID feature network into {classifier_path} (once; a few minutes on a CPU)",
+              file=sys.stderr)
+    classifier = quality.load_or_train_classifier(classifier_path)
     n_samples = per_class * num_classes
     result = quality.evaluate_generator(
         gen, classifier, per_class=per_class, per_prompt=args.n_per_prompt or quality.DEFAULT_PER_PROMPT,
