@@ -34,7 +34,6 @@ DEFAULT_CONFIG = "generate_fashion_mnist.yaml"
 SHORTCUTS = {"output": "output", "steps": "optim.steps", "cond": "model.cond", "model": "model.arch",
              "objective": "objective.name", "threads": "threads"}
 # Caps on the counts a command line may ask for: far above any sensible run, far below what exhausts memory.
-TRAIN_STEPS_RANGE = Range(1, 100_000_000)
 SAMPLER_STEPS_RANGE = Range(1, 10_000)
 PER_ROW_RANGE = Range(1, 10_000)  # samples per class / prompt
 MAX_IMAGES = 100_000  # images one sample or eval command draws (32 px, fp32: 400 MB)
@@ -58,8 +57,8 @@ def _train_parser(sub) -> None:
     add_run_arguments(p, DEFAULT_CONFIG, "optim.lr=3e-4 model.unet.down=CC-CCTT-CTTT")
     add_options(p, "output", "threads", output="run folder (= --set output=...)",
                 threads="torch threads (= --set threads=N)")
-    p.add_argument("--steps", type=ranged(int, TRAIN_STEPS_RANGE), help="optimizer steps in total "
-                                                                         "(= --set optim.steps=N)")
+    p.add_argument("--steps", type=int, help="optimizer steps in total (= --set optim.steps=N; its range is the "
+                                           "config's, checked with the config)")
     p.add_argument("--cond", choices=CONDITIONS, help="= --set model.cond=...")
     p.add_argument("--model", choices=ARCHS, help="= --set model.arch=...")
     p.add_argument("--objective", choices=OBJECTIVES, help="= --set objective.name=...")
@@ -150,6 +149,11 @@ def _load(args: argparse.Namespace):
     return gen
 
 
+def _output_flag(argv: list[str]) -> str:
+    """How messages name the output option: as the command line spelled it (``--out``, the old spelling, too)."""
+    return "--out" if any(arg == "--out" or arg.startswith("--out=") for arg in argv) else "--output"
+
+
 def _run_name(run: str) -> str:
     path = Path(run)
     return (path.parent if path.is_file() else path).resolve().name
@@ -160,14 +164,14 @@ def _sample(args: argparse.Namespace) -> int:
     from ascan.paths import check_output_file
 
     output = Path(args.output or Path(SAMPLES_FOLDER) / f"generate-{_run_name(args.run)}.png")
-    check_output_file(output, "--output", IMAGE_SUFFIXES)
+    check_output_file(output, _output_flag(args.argv), IMAGE_SUFFIXES)
     rows = args.classes if args.classes is not None else args.prompts
     if len(rows) * args.n > MAX_IMAGES:
         raise UserError(f"{len(rows)} rows x --n {args.n} is {len(rows) * args.n} images (at most {MAX_IMAGES})")
     gen = _load(args)
     cond = requested_conditioning(gen, args.classes, args.prompts, args.n, args.run)
     if output.exists() and not args.overwrite:
-        raise UserError(f"{output} exists; pass --overwrite to replace it, or another --output")
+        raise UserError(f"{output} exists; pass --overwrite to replace it, or another {_output_flag(args.argv)}")
     images = gen.sample(cond, seed=args.seed, steps=args.steps, method=args.method,
                         guidance_scale=args.guidance_scale)
     save_grid(images, output, nrow=args.n)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ascan import config as generic
-from ascan.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, check_ranges, setting, with_defaults
+from ascan.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Range, check_ranges, setting, with_defaults
 from ascan.engine import FitConfig, OptimSettings, RunSettings, batches_per_epoch
 from ascan.engine import fit_config as engine_fit_config
 from ascan.errors import UserError
@@ -42,6 +42,7 @@ from ascan.generate.unet import UNetConfig
 
 DEFAULT_CHANNELS, DEFAULT_IMAGE_SIZE = 1, 32  # Fashion-MNIST padded: checks the architecture before the data loads
 # Set by the task from the data set and the conditioning, never by a user in model.unet / model.dit:
+STEPS_RANGE = Range(1, 100_000_000)  # optimizer steps: far above any run here, a typo's extra zeros refused
 TASK_OWNED_ARCH_KEYS = ("in_chans", "img_size", "num_classes", "text_dim", "label_drop")
 
 
@@ -83,7 +84,7 @@ class GenOptimConfig(OptimSettings):
     """AdamW, linear warm-up then cosine per step; the run ends after ``steps`` optimizer steps. The EMA weights
     are what gets sampled."""
 
-    steps: int = setting(2000, AT_LEAST_ONE)
+    steps: int = setting(2000, STEPS_RANGE)
     warmup_steps: int = setting(100, NON_NEGATIVE)
 
 

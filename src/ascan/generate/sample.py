@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from ascan.atomic import atomic_write, save_safetensors
-from ascan.engine import CHECKPOINT_NAME, load_model_state
-from ascan.engine.trained import CONFIG_KEY, TASK_KEY, read_run
+from ascan.config import read_yaml
+from ascan.engine import CHECKPOINT_NAME, CONFIG_NAME, load_model_state, load_weights_file
+from ascan.engine.trained import CONFIG_KEY, TASK_KEY, TrainedRun, read_run, read_weights_metadata
 from ascan.errors import UserError
 from ascan.generate.conditioning import Conditioning
 from ascan.generate.config import GenConfig, arch_config, config_to_dict, load_config
@@ -166,17 +167,30 @@ def export_for_sampling(gen: TrainedGenerator, directory: str | Path) -> None:
         gen.text_table.save(directory / TEXT_TABLE)
 
 
-def _run_source(source: Path) -> Path:
-    """A folder means its ``last.pt`` (as for every task); one holding only exported weights, those."""
-    if source.is_dir() and not (source / CHECKPOINT_NAME).is_file() and (source / EMA_WEIGHTS).is_file():
-        return source / EMA_WEIGHTS
-    return source
+def _read(source: Path, prefer_ema: bool) -> tuple[TrainedRun, dict]:
+    """The run and its config: through :func:`read_run`, except for folders the old ``export_for_sampling``
+    wrote (``config.yaml`` + ``model_ema.safetensors`` without metadata), whose ``config.yaml`` is the config."""
+    if not source.is_dir() or (source / CHECKPOINT_NAME).is_file():
+        run = read_run(source, TASK, prefer_ema=prefer_ema)
+        return run, run.config
+    weights = source / EMA_WEIGHTS
+    if weights.is_file() and CONFIG_KEY in read_weights_metadata(weights):
+        run = read_run(weights, TASK, prefer_ema=prefer_ema)
+        return run, run.config
+    if not (source / CONFIG_NAME).is_file():
+        raise UserError(f"{source} holds no generator run ({CHECKPOINT_NAME} or {EMA_WEIGHTS}); train one with "
+                        "'ascan generate train' first")
+    config = read_yaml(source / CONFIG_NAME)
+    load_config(base=config)  # a bad config is named before any weights are read
+    if not weights.is_file():
+        raise UserError(f"{source} has {CONFIG_NAME} but no {CHECKPOINT_NAME} or {EMA_WEIGHTS}")
+    return TrainedRun(TASK, config, load_weights_file(weights), "EMA", weights), config
 
 
 def load_generator(source: str | Path, prefer_ema: bool = True) -> TrainedGenerator:
     """The generator of a run (folder, ``last.pt`` or ``.safetensors``): EMA weights unless ``prefer_ema=False``."""
-    run = read_run(_run_source(Path(source)), TASK, prefer_ema=prefer_ema)
-    settings = load_config(base=run.config)
+    run, config = _read(Path(source), prefer_ema)
+    settings = load_config(base=config)
     m = settings.model
     if m.in_chans is None or m.image_size is None or (m.cond == "class" and m.num_classes is None):
         raise UserError(f"{run.source}: its config lacks model.in_chans/image_size/num_classes "
