@@ -404,6 +404,19 @@ def test_step_trainer_is_the_engine_step_of_fit(tmp_path, arch, objective, cond)
     cond_batch, _ = preview_conditioning(loaded.settings, loaded.text_table)
     torch.testing.assert_close(loaded.sample(cond_batch, seed=3), stepper.sample(cond_batch, seed=3))
     assert (tmp_path / "fit" / "samples" / "step_000003.png").is_file()
+    # one reader for every form of the run: its weights file, and a folder of exported weights (benchmarks)
+    from ascan.generate.sample import export_for_sampling
+
+    for source in (tmp_path / "fit" / "model_ema.safetensors", tmp_path / "exported"):
+        if source.name == "exported":
+            export_for_sampling(stepper.generator(), source)
+        again = load_generator(source)
+        assert again.weights_kind == "EMA" and again.settings.model == loaded.settings.model
+        torch.testing.assert_close(again.sample(cond_batch, seed=3), stepper.sample(cond_batch, seed=3))
+    raw = load_generator(tmp_path / "fit", prefer_ema=False)
+    assert raw.weights_kind == "raw"
+    for a, b in zip(raw.model.parameters(), result.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b.cpu())
 
 
 def test_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path):

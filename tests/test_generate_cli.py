@@ -57,9 +57,14 @@ def test_gen_train_resume_by_run_path_and_generate(tmp_path: Path, capsys):
     assert load_checkpoint(out)["step"] == 1
 
 
-def test_generate_reads_only_known_config_keys(tmp_path: Path, capsys):
-    """A run's config.yaml goes through the typed config: a key it does not know is refused, not obeyed."""
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": {"arch": "unet", "loader": "pickle"}}))
+@pytest.mark.parametrize("form", ["checkpoint", "old export folder"])
+def test_generate_reads_only_known_config_keys(tmp_path: Path, capsys, form: str):
+    """A run's config goes through the typed config: a key it does not know is refused, not obeyed."""
+    config = {"model": {"arch": "unet", "loader": "pickle"}}
+    if form == "checkpoint":
+        torch.save({"task": "generate", "model": {}, "config": config}, tmp_path / "last.pt")
+    else:  # config.yaml (+ model_ema.safetensors), as gen_compare's exports were written
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     assert ascan_main(["generate", "--ckpt", str(tmp_path), "--classes", "1"]) == 2
     assert "unknown config key 'model.loader'" in capsys.readouterr().err
 
@@ -77,10 +82,21 @@ def test_gen_train_text_to_image_cli(tmp_path: Path):
 
 @pytest.mark.parametrize("argv, message", [
     (["gen-train", "--set", "model.unet.widths=[8,x]"], "model.unet.widths must be a list of positive ints"),
-    (["gen-train", "--set", "optim.steps=0"], r"optim.steps must be in \[1, inf\]"),
+    (["gen-train", "--set", "optim.steps=0"], r"optim.steps must be in \[1, 100000000\]"),
     (["gen-train", "--resume", "nowhere/run"], "checkpoint nowhere/run does not exist"),
-    (["generate", "--ckpt", "nowhere", "--classes", "1"], "nowhere has no config.yaml"),
-    (["generate", "--ckpt", "nowhere", "--classes", "1", "--n", "0"], r"--n must be in \[1, inf\]"),
+    (["generate", "--ckpt", "nowhere", "--classes", "1"], "checkpoint nowhere does not exist"),
+    (["generate", "--ckpt", "nowhere", "--classes", "1", "--n", "0"], r"--n: must be in \[1, 10000\], got 0"),
+    (["generate", "sample", "nowhere", "--classes", "1", "--n", "100000000"], r"--n: must be in \[1, 10000\]"),
+    (["gen-train", "--steps", "10000000000"], r"optim.steps must be in \[1, 100000000\], got 10000000000"),
+    (["generate", "sample", "nowhere", "--classes", "-1"], r"--classes: must be in \[0, inf\], got -1"),
+    (["generate", "sample", "nowhere", "--classes", *map(str, range(10)), "--n", "10001"], r"--n: must be"),
+    (["generate", "sample", "nowhere", "--classes", *map(str, range(20)), "--n", "10000"],
+     "20 rows x --n 10000 is 200000 images"),
+    (["generate", "eval", "nowhere", "--seed", "-3"], r"--seed: must be in \[0, 4294967295\]"),
+    (["generate", "eval", "nowhere", "--guidance-scale", "1e9"], r"--guidance-scale/--cfg: must be in \[0, 100\]"),
+    (["generate", "export", "nowhere"], "--output is required"),
+    (["generate", "train", "--threads", "0"], r"--threads: must be in \[1, 1024\]"),
+    (["generate", "paint"], "unknown verb 'paint'; choose from train, sample, eval, export"),
 ])
 def test_user_errors_are_one_line(argv, message, capsys):
     assert ascan_main(argv) == 2
@@ -90,9 +106,9 @@ def test_user_errors_are_one_line(argv, message, capsys):
 
 
 def test_cfg_flag_is_the_guidance_scale():
-    from ascan.generate.cli_sample import build_parser
+    from ascan.generate.cli import build_parser
 
-    base = ["--ckpt", "run", "--classes", "1"]
+    base = ["sample", "run", "--classes", "1"]
     assert build_parser().parse_args([*base, "--cfg", "4"]).guidance_scale == 4.0
     assert build_parser().parse_args([*base, "--guidance-scale", "1.5"]).guidance_scale == 1.5
     assert build_parser().parse_args(base).guidance_scale is None  # None: the run's own sample.guidance_scale

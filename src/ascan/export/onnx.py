@@ -19,6 +19,11 @@ attention map is a function of its small table and constant indices, and unbound
 the gather stays in the graph and onnxruntime folds it in memory when the session starts. (onnxscript may still
 fold past the cap where the folded inputs go away, e.g. a concatenation: the size check catches any excess.)
 
+A model with several inputs (a generator's denoiser: noisy image, time, class labels or text features) is
+exported the same way, given its :class:`ModelInput` list: each input has a name, a seeded way to draw a batch
+of it, and (with a dynamic batch) its first axis as the shared ``batch`` axis. An image model's one input is
+:func:`image_input`.
+
 Checks, on the temporary file before it replaces ``--out`` (:func:`ascan.atomic.atomic_write`): ``onnx.checker``
 (full), no cubic ``Resize`` in the graph, the file size against the parameter bytes, and onnxruntime against
 PyTorch on random inputs (max abs / rel error) with both engines' img/s.
@@ -58,6 +63,7 @@ import math
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -74,6 +80,7 @@ from ascan.layers.attention import set_bias_memory_budget
 from ascan.layers.rel_pos import RelPosBiasTable
 
 INPUT_NAME = "input"
+SHARED_BATCH_WARNING = "# The axis name: batch will not be used"  # torch.onnx, when inputs share the batch axis
 TRACE_BATCH = 2  # torch.export specialises a size-1 axis: a dynamic batch is traced at 2
 PARITY_BATCHES = (1, 3)  # a dynamic batch is checked at both (the acceptance sizes)
 INPUT_SEED = 0
@@ -90,6 +97,21 @@ MIN_TIMED_RUNS = 3
 # paths and weigh more than a small model's graph) and two restatements of "namespace", which stays.
 DROPPED_METADATA_KEYS = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node", "pkg.torch.onnx.class_hierarchy",
                          "pkg.torch.onnx.name_scopes")
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One input of the exported graph: its name and how to draw a batch of it (``generator`` seeds it; None for
+    the trace's example). Axis 0 is the batch axis, dynamic in every input together."""
+
+    name: str
+    draw: Callable[[int, torch.Generator | None], torch.Tensor]
+
+
+def image_input(in_chans: int, img_size: int, dtype: torch.dtype) -> ModelInput:
+    """The one input of an image model: ``input`` [B, in_chans, img_size, img_size], standard normal."""
+    return ModelInput(INPUT_NAME, lambda batch, generator: torch.randn(batch, in_chans, img_size, img_size,
+                                                                       generator=generator).to(dtype))
 
 
 @dataclass(frozen=True)
@@ -206,15 +228,16 @@ def _strip_debug_metadata(program) -> None:
             node.metadata_props.pop(key, None)
 
 
-def trace_to_onnx(model: nn.Module, opts: ExportOptions, in_chans: int, img_size: int, names: list[str]):
+def trace_to_onnx(model: nn.Module, opts: ExportOptions, inputs: list[ModelInput], names: list[str]):
     """The optimised ``torch.onnx.ONNXProgram`` of ``model`` (not yet saved)."""
     batch = TRACE_BATCH if opts.dynamic_batch else opts.batch
-    example = torch.randn(batch, in_chans, img_size, img_size, dtype=opts.torch_dtype)
-    dynamic = ({0: "batch"},) if opts.dynamic_batch else None
-    with export_mode(), torch.no_grad():
-        program = torch.onnx.export(model, (example,), dynamo=True, optimize=False, opset_version=opts.opset,
-                                    dynamic_shapes=dynamic, input_names=[INPUT_NAME], output_names=names,
-                                    external_data=False, verbose=False)
+    examples = tuple(spec.draw(batch, None) for spec in inputs)
+    dynamic = tuple({0: "batch"} for _ in inputs) if opts.dynamic_batch else None
+    with export_mode(), torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=SHARED_BATCH_WARNING)  # several inputs: one batch axis, meant
+        program = torch.onnx.export(model, examples, dynamo=True, optimize=False, opset_version=opts.opset,
+                                    dynamic_shapes=dynamic, input_names=[spec.name for spec in inputs],
+                                    output_names=names, external_data=False, verbose=False)
     _optimize(program)
     _strip_debug_metadata(program)
     return program
@@ -258,13 +281,13 @@ class _ShapeMismatch(Exception):
     """onnxruntime's outputs are not shaped like PyTorch's (reported as a failed check)."""
 
 
-def parity_row(model: nn.Module, session, batch: int, in_chans: int, img_size: int, opts: ExportOptions) -> ParityRow:
+def parity_row(model: nn.Module, session, batch: int, inputs: list[ModelInput], opts: ExportOptions) -> ParityRow:
     """onnxruntime against PyTorch on one seeded random batch, then (``bench_seconds > 0``) both timed."""
     generator = torch.Generator().manual_seed(INPUT_SEED + batch)
-    x = torch.randn(batch, in_chans, img_size, img_size, generator=generator).to(opts.torch_dtype)
-    feed = {INPUT_NAME: x.numpy()}
+    xs = [spec.draw(batch, generator) for spec in inputs]
+    feed = {spec.name: x.numpy() for spec, x in zip(inputs, xs, strict=True)}
     with torch.inference_mode():
-        expected = _as_arrays(model(x))
+        expected = _as_arrays(model(*xs))
     got = [np.asarray(o, dtype=np.float32) for o in session.run(None, feed)]
     if [g.shape for g in got] != [e.shape for e in expected]:
         raise _ShapeMismatch(f"batch {batch}: onnxruntime output shapes {[g.shape for g in got]}, PyTorch's "
@@ -275,7 +298,7 @@ def parity_row(model: nn.Module, session, batch: int, in_chans: int, img_size: i
     if opts.bench_seconds > 0:
         row.ort_img_s = images_per_second(lambda: session.run(None, feed), batch, opts.bench_seconds)
         with torch.inference_mode():
-            row.torch_img_s = images_per_second(lambda: model(x), batch, opts.bench_seconds)
+            row.torch_img_s = images_per_second(lambda: model(*xs), batch, opts.bench_seconds)
     return row
 
 
@@ -289,7 +312,7 @@ def ort_session(path: str, threads: int):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def verify(model: nn.Module, path: str, report: ExportReport, opts: ExportOptions, in_chans: int) -> None:
+def verify(model: nn.Module, path: str, report: ExportReport, opts: ExportOptions, inputs: list[ModelInput]) -> None:
     """Fill ``report`` with the file's size, graph problems and parity rows; failures go to ``report.failures``."""
     report.file_bytes = Path(path).stat().st_size
     report.failures += graph_problems(path)
@@ -305,7 +328,7 @@ def verify(model: nn.Module, path: str, report: ExportReport, opts: ExportOption
     try:
         for batch in PARITY_BATCHES if opts.dynamic_batch else (opts.batch,):
             try:
-                row = parity_row(model, session, batch, in_chans, report.img_size, opts)
+                row = parity_row(model, session, batch, inputs, opts)
             except _ShapeMismatch as err:
                 report.failures.append(str(err))
                 break
@@ -317,26 +340,30 @@ def verify(model: nn.Module, path: str, report: ExportReport, opts: ExportOption
         torch.set_num_threads(previous_threads)
 
 
-def export_onnx(model: nn.Module, out: str | Path, opts: ExportOptions, in_chans: int, img_size: int) -> ExportReport:
+def export_onnx(model: nn.Module, out: str | Path, opts: ExportOptions, in_chans: int, img_size: int, *,
+                inputs: list[ModelInput] | None = None, outputs: list[str] | None = None) -> ExportReport:
     """Export ``model`` (eval mode, at the size its tables were built for) to ``out`` and check it.
 
-    The file is written to a temporary name and checked there; it replaces ``out`` only when every check
-    passes, else :class:`ExportCheckError` carries the report and no file is left behind.
+    ``inputs``: the model's inputs (default: the one image input, :func:`image_input`); ``outputs``: the names
+    of its outputs (default: :func:`output_names`). The file is written to a temporary name and checked there;
+    it replaces ``out`` only when every check passes, else :class:`ExportCheckError` carries the report and no
+    file is left behind.
     """
     model = model.eval().to(opts.torch_dtype)
+    inputs = inputs if inputs is not None else [image_input(in_chans, img_size, opts.torch_dtype)]
     report = ExportReport(str(out), img_size, opts.dtype, opts.opset, opts.dynamic_batch,
-                          output_names(model, opts.features_only), weight_bytes(model),
+                          outputs or output_names(model, opts.features_only), weight_bytes(model),
                           runtime_bias_bytes=runtime_bias_bytes(model, torch.finfo(opts.torch_dtype).bits // 8),
                           threads=opts.threads or torch.get_num_threads())
     if report.param_bytes > PROTOBUF_LIMIT:
         raise UserError(f"{report.param_bytes / 2**30:.1f} GiB of weights: over the 2 GB a one-file ONNX can hold")
     start = time.perf_counter()
-    program = trace_to_onnx(model, opts, in_chans, img_size, report.outputs)
+    program = trace_to_onnx(model, opts, inputs, report.outputs)
     report.export_seconds = time.perf_counter() - start
 
     def write(tmp: str) -> None:
         program.save(tmp, external_data=False)
-        verify(model, tmp, report, opts, in_chans)
+        verify(model, tmp, report, opts, inputs)
         if report.failures:
             raise ExportCheckError(report)
 

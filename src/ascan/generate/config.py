@@ -5,7 +5,7 @@ The same machinery as ``ascan train`` (:mod:`ascan.config`): defaults <- a run's
 one-line error naming it. Sections: ``data``, ``model`` (architecture and conditioning), ``objective``,
 ``optim``, ``sample`` (the sampler a run's previews and ``ascan generate`` use by default)::
 
-    ascan gen-train --config configs/generate_fashion_mnist.yaml --set optim.steps=500 model.arch=dit
+    ascan generate train --config configs/generate_fashion_mnist.yaml --set optim.steps=500 model.arch=dit
 
 The architecture's own hyper-parameters (``model.unet``, ``model.dit``) are keyword arguments of
 :class:`~ascan.generate.unet.UNetConfig` / :class:`~ascan.generate.dit.DiTConfig`, checked against
@@ -27,19 +27,22 @@ from ascan.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Range, check_rang
 from ascan.engine import FitConfig, OptimSettings, RunSettings, batches_per_epoch
 from ascan.engine import fit_config as engine_fit_config
 from ascan.errors import UserError
+from ascan.generate.choices import (
+    ARCHS,
+    CONDITIONS,
+    DATASETS,
+    GUIDANCE_RANGE,
+    OBJECTIVES,
+    SAMPLE_METHODS,
+    TEXT_ENCODERS,
+    TIME_SAMPLINGS,
+)
 from ascan.generate.dit import DiTConfig
 from ascan.generate.unet import UNetConfig
 
-DATASETS = ("fashion_mnist",)
-ARCHS = ("unet", "dit")
-CONDITIONS = ("class", "text")
-TEXT_ENCODERS = ("minilm", "hash")
-OBJECTIVES = ("flow", "ddpm")
-TIME_SAMPLINGS = ("uniform", "logit_normal")
-SAMPLE_METHODS = ("euler", "heun")  # flow models; DDPM models always sample with DDIM
-GUIDANCE_RANGE = Range(0.0, 100.0)  # classifier-free guidance scale; 1 = off, 0 = unconditional
 DEFAULT_CHANNELS, DEFAULT_IMAGE_SIZE = 1, 32  # Fashion-MNIST padded: checks the architecture before the data loads
 # Set by the task from the data set and the conditioning, never by a user in model.unet / model.dit:
+STEPS_RANGE = Range(1, 100_000_000)  # optimizer steps: far above any run here, a typo's extra zeros refused
 TASK_OWNED_ARCH_KEYS = ("in_chans", "img_size", "num_classes", "text_dim", "label_drop")
 
 
@@ -81,7 +84,7 @@ class GenOptimConfig(OptimSettings):
     """AdamW, linear warm-up then cosine per step; the run ends after ``steps`` optimizer steps. The EMA weights
     are what gets sampled."""
 
-    steps: int = setting(2000, AT_LEAST_ONE)
+    steps: int = setting(2000, STEPS_RANGE)
     warmup_steps: int = setting(100, NON_NEGATIVE)
 
 
@@ -96,7 +99,7 @@ class GenSampleConfig:
 
 
 @dataclass
-@with_defaults(output="runs/gen", amp="off", checkpoint_every_steps=250)
+@with_defaults(output="runs/generate-fashion_mnist", amp="off", checkpoint_every_steps=250)
 class GenConfig(RunSettings):
     """``amp`` off (fp32) by default: the figures in RESULTS.md are fp32. ``eval_every``: epochs between
     validation losses."""

@@ -1,7 +1,8 @@
 """Sample quality of generators: class accuracy, classifier-feature FID, Inception FID, text prompt match.
 
 (The training-time validation loss is the task's :meth:`~ascan.generate.task.GenerationTask.evaluate`;
-this module scores finished generators, for ``benchmarks/gen_eval.py`` and ``gen_compare.py``.)
+this module scores finished generators, for ``ascan generate eval`` (:func:`evaluate_generator`),
+``benchmarks/gen_eval.py`` and ``gen_compare.py``.)
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from ascan.atomic import save_safetensors
 from ascan.data.fashion_mnist import CLASSES, load_fashion_mnist
 from ascan.engine import load_model_state, load_weights_file
 from ascan.generate import captions
+from ascan.generate.choices import DEFAULT_N_REAL, DEFAULT_PER_CLASS, DEFAULT_PER_PROMPT
 from ascan.generate.conditioning import Conditioning
-from ascan.generate.data import to_unit
+from ascan.generate.data import load_image_set, to_unit
 from ascan.generate.metrics import (
     ClassifierFeatures,
     FeatureClassifier,
@@ -86,3 +88,41 @@ def evaluate_text(sample: SampleFn, lookup: Callable[[torch.Tensor], Conditionin
     shuffled = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed + 1))]
     return {"n_samples": len(ids), "match": captions.prompt_match(pred, fake, ids, thresholds),
             "shuffled_control": captions.prompt_match(pred, fake, shuffled, thresholds)}
+
+
+def evaluate_generator(gen, classifier: FeatureClassifier, *, per_class: int = DEFAULT_PER_CLASS,
+                       per_prompt: int = DEFAULT_PER_PROMPT, n_real: int = DEFAULT_N_REAL, n_inception: int = 0,
+                       seed: int = 0, **sample_kwargs) -> dict:
+    """The scores of a :class:`~ascan.generate.sample.TrainedGenerator`: class accuracy + classifier-feature FID
+    (class models) or the prompt-match score (text models, captions thresholded on the run's training images).
+
+    ``sample_kwargs`` go to its sampler (``steps``, ``guidance_scale``).
+    """
+    settings = gen.settings
+
+    def sample(cond: Conditioning, sample_seed: int) -> torch.Tensor:
+        return gen.sample(cond, seed=sample_seed, **sample_kwargs)
+
+    if settings.model.cond == "class":
+        return evaluate_class_conditional(sample, classifier, per_class=per_class, n_real=n_real,
+                                          n_inception=n_inception, seed=seed)
+    data = load_image_set(settings.data.dataset, settings.data.root, "train", settings.data.train_subset)
+    thresholds = captions.AttributeThresholds.fit(to_unit(data.images), data.labels, data.num_classes)
+    return evaluate_text(sample, gen.text_table.lookup, classifier, thresholds, per_prompt=per_prompt, seed=seed)
+
+
+def format_result(result: dict) -> str:
+    """What ``ascan generate eval`` prints: which weights, precision and sampler, then the scores."""
+    head = (f"{result['run']} ({result['weights']} weights, {result['precision']}; {result['n_samples']} samples, "
+            f"{result['steps']} {result['method']} steps, guidance {result['guidance_scale']:g})")
+    if "match" not in result:
+        lines = [head, f"  classifier-feature FID {result['fid_classifier']:.2f}  "
+                       f"class accuracy {result['class_accuracy']:.3f}"]
+        if "fid_inception" in result:
+            lines.append(f"  Inception FID {result['fid_inception']:.2f} ({result['n_inception']} images a side)")
+        lines += [f"  {name:<12} {acc:.3f}" for name, acc in zip(CLASSES, result["per_class_accuracy"], strict=False)]
+        return "\n".join(lines)
+    lines = [head, f"  {'prompt match':<14} {'samples':>8} {'shuffled':>8}"]
+    lines += [f"  {key:<14} {value:>8.3f} {result['shuffled_control'][key]:>8.3f}"
+              for key, value in result["match"].items()]
+    return "\n".join(lines)

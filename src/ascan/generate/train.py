@@ -1,4 +1,4 @@
-"""Generator training on the shared engine (:func:`ascan.engine.fit`): what ``ascan gen-train`` runs.
+"""Generator training on the shared engine (:func:`ascan.engine.fit`): what ``ascan generate train`` runs.
 
 :func:`build_training` assembles the pieces (data, model, AdamW, warm-up + cosine per step, the
 :class:`~ascan.generate.task.GenerationTask`); :func:`train` hands them to the engine, which owns the
@@ -91,8 +91,8 @@ def build_training(cfg: GenConfig, *, train_images: ImageSet | None = None, eval
 
 def run_info(settings: GenConfig) -> RunInfo:
     m = settings.model
-    return RunInfo(title=f"ascan gen-train: {m.arch}, {settings.objective.name}, {m.cond}-conditional",
-                   command="ascan gen-train", checkpoint_extra={"config": config_to_dict(settings)},
+    return RunInfo(title=f"ascan generate train: {m.arch}, {settings.objective.name}, {m.cond}-conditional",
+                   command="ascan generate train", checkpoint_extra={"config": config_to_dict(settings)},
                    weights_metadata={"arch": m.arch, "cond": m.cond, "objective": settings.objective.name},
                    task="generate")
 
@@ -119,8 +119,8 @@ def train(cfg: GenConfig, resume: str | Path | None = None, overwrite: bool = Fa
     """Train ``cfg`` into ``cfg.output`` (or continue the run ``resume``) on the engine.
 
     A completed run holds ``model_ema.safetensors`` + ``config.yaml`` (+ ``text_table.safetensors``) for
-    ``ascan generate``, the engine's ``last.pt``/``metrics.csv``/``curves.png``/``summary.json``, and a
-    sample grid of the final EMA weights.
+    ``ascan generate sample|eval|export``, the engine's ``last.pt``/``metrics.csv``/``curves.png``/
+    ``summary.json``, and a sample grid of the final EMA weights.
     """
     with open_run(cfg, resume, overwrite) as started:
         run = build_training(cfg, train_images=train_images, eval_images=eval_images, text_encoder=text_encoder,
