@@ -196,14 +196,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ascan.export.cli import check_export_args, run_export
-    from ascan.export.source import build_model, resolve_source
+    from ascan.export.cli import export_classifier
 
-    opts = check_export_args(args)
-    source = resolve_source(args.run, model=args.model, raw=args.no_ema)
-    img_size = opts.img_size or source.image_size
-    model, in_chans = build_model(source, img_size)
-    return run_export(model, args, opts, name=source.name, origin=source.origin, in_chans=in_chans, img_size=img_size)
+    return export_classifier(args, command="ascan classify export")
 
 
 def _finetune(args: argparse.Namespace) -> int:

@@ -6,7 +6,19 @@ Importing this package does not import onnx, onnxruntime or onnxscript (the ``ex
 export does.
 """
 
-from ascan.export.onnx import ExportCheckError, ExportReport, ParityRow, export_mode, export_onnx
+import importlib
+from typing import Any
+
 from ascan.export.options import ExportOptions
+
+_FROM_ONNX = ("ExportCheckError", "ExportReport", "ParityRow", "export_mode", "export_onnx")
+
+
+def __getattr__(name: str) -> Any:
+    """The exporter's names, imported on first use (it imports torch: ``--help`` of an export verb does not)."""
+    if name in _FROM_ONNX:
+        return getattr(importlib.import_module("ascan.export.onnx"), name)
+    raise AttributeError(f"module 'ascan.export' has no attribute {name!r}")
+
 
 __all__ = ["ExportCheckError", "ExportOptions", "ExportReport", "ParityRow", "export_mode", "export_onnx"]

@@ -22,17 +22,17 @@ import importlib
 import importlib.util
 import json
 import sys
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ascan.errors import UserError
-from ascan.export.onnx import ExportCheckError, ExportReport, export_onnx
-from ascan.export.options import DEFAULT_OPSET, DTYPES, ExportOptions
-from ascan.export.source import as_features, build_model, default_image_size, resolve_source, run_task
-from ascan.factory import check_input_size
-from ascan.fusion import fuse_with_summary
+from ascan.export.options import DEFAULT_OPSET, DTYPE_NAMES, ExportOptions
 from ascan.paths import check_output_file
 from ascan.runargs import add_options, doc_parser
+
+if TYPE_CHECKING:  # the exporter (torch, onnx) is imported only when an export runs: every --help stays light
+    from torch import nn
+
+    from ascan.export.onnx import ExportReport, ModelInput
 
 EXIT_CHECK_FAILED = 1
 REQUIRED_MODULES = ("onnx", "onnxruntime", "onnxscript")
@@ -67,7 +67,7 @@ def add_export_options(parser: argparse.ArgumentParser) -> None:
                                                      "model's default)")
     parser.add_argument("--batch", type=_batch, default=None, help=f"'{DYNAMIC}' (default) or a fixed batch size")
     parser.add_argument("--fuse", action="store_true", help="fold BatchNorms into convolutions first (ascan.fuse)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--features-only", action="store_true", help="export the feature-map backbone")
     parser.add_argument("--out-indices", type=int, nargs="+", help="stages a --features-only export returns "
@@ -80,7 +80,7 @@ def add_export_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = doc_parser("ascan export", __doc__)
-    parser.add_argument("source", metavar="MODEL_OR_RUN",
+    parser.add_argument("run", metavar="MODEL_OR_RUN",
                         help="registered model name, or a run folder, checkpoint (last.pt) or .safetensors weights "
                              "of any task")
     add_options(parser, "no_ema", no_ema="a checkpoint's raw weights, not its EMA")
@@ -125,7 +125,7 @@ def format_report(report: ExportReport, title: str) -> str:
     return "\n".join(lines)
 
 
-def _report_json(report: ExportReport) -> str:
+def report_json(report: ExportReport) -> str:
     data = dataclasses.asdict(report)
     data["size_ratio"] = report.size_ratio
     for row, raw in zip(data["rows"], report.rows, strict=True):
@@ -144,14 +144,23 @@ def check_export_args(args: argparse.Namespace) -> ExportOptions:
 
 
 def run_export(model: nn.Module, args: argparse.Namespace, opts: ExportOptions, *, name: str, origin: str,
-               in_chans: int, img_size: int, features: bool = True) -> int:
+               in_chans: int, img_size: int, features: bool = True, inputs: list[ModelInput] | None = None,
+               outputs: list[str] | None = None, notes: tuple[str, ...] = (), command: str = "ascan export") -> int:
     """Fuse / take the feature maps as asked, export ``model`` to ``args.output`` and print the checks' report.
 
     ``features``: whether ``--features-only`` applies (a classifier or a backbone); a whole segmenter or a
-    generator has no feature-map form. Exit status 0, or :data:`EXIT_CHECK_FAILED` when a check failed.
+    generator has no feature-map form. ``inputs`` / ``outputs``: a model with other inputs than one image
+    (:func:`ascan.export.onnx.export_onnx`); ``notes`` go into the report's title; ``command`` names the command
+    in the failure line. Exit status 0, or :data:`EXIT_CHECK_FAILED` when a check failed (no file written).
     """
-    check_input_size(model, name, img_size, "--img-size")
-    notes = [f"{img_size} px", opts.dtype, f"opset {opts.opset}", f"batch {opts.batch or DYNAMIC}"]
+    from ascan.export.onnx import ExportCheckError, export_onnx
+    from ascan.export.source import as_features
+    from ascan.factory import check_input_size
+    from ascan.fusion import fuse_with_summary
+
+    if inputs is None:
+        check_input_size(model, name, img_size, "--img-size")
+    notes = [f"{img_size} px", *notes, opts.dtype, f"opset {opts.opset}", f"batch {opts.batch or DYNAMIC}"]
     if opts.fuse:
         model, summary = fuse_with_summary(model)
         notes.append(f"fused: {summary.bn_folded} BatchNorm{'' if summary.bn_folded == 1 else 's'} folded")
@@ -162,25 +171,36 @@ def run_export(model: nn.Module, args: argparse.Namespace, opts: ExportOptions, 
         notes.append("features_only")
     title = f"{name} ({origin}) -> {args.output} ({', '.join(notes)})"
     try:
-        report = export_onnx(model, args.output, opts, in_chans, img_size)
+        report = export_onnx(model, args.output, opts, in_chans, img_size, inputs=inputs, outputs=outputs)
     except ExportCheckError as err:
-        print(_report_json(err.report) if args.json else format_report(err.report, title))
-        print(f"ascan export: check failed, {args.output} not written: {err}", file=sys.stderr)
+        print(report_json(err.report) if args.json else format_report(err.report, title))
+        print(f"{command}: check failed, {args.output} not written: {err}", file=sys.stderr)
         return EXIT_CHECK_FAILED
-    print(_report_json(report) if args.json else format_report(report, title))
+    print(report_json(report) if args.json else format_report(report, title))
     return 0
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    task = run_task(args.source)
-    if task not in (None, "classify"):  # another task's run: its own export verb builds its model
-        module = importlib.import_module(f"ascan.{task}.cli")
-        return int(module.main(["export", *argv]) or 0)
+def export_classifier(args: argparse.Namespace, command: str = "ascan export") -> int:
+    """A model name (random or ``--weights``) or a classifier run, built at the export size and exported."""
+    from ascan.export.source import build_model, default_image_size, resolve_source
+
     opts = check_export_args(args)
-    source = resolve_source(args.source, model=args.model, weights=args.weights, raw=args.no_ema,
-                            model_kwargs=args.model_kwargs)
+    source = resolve_source(args.run, model=args.model, weights=getattr(args, "weights", None), raw=args.no_ema,
+                            model_kwargs=getattr(args, "model_kwargs", None))
     img_size = opts.img_size or source.image_size or default_image_size(source)
     model, in_chans = build_model(source, img_size)
     return run_export(model, args, opts, name=source.name, origin=source.origin, in_chans=in_chans,
-                      img_size=img_size)
+                      img_size=img_size, command=command)
+
+
+def main(argv: list[str]) -> int:
+    from ascan.export.source import run_task
+
+    args = build_parser().parse_args(argv)
+    task = run_task(args.run)
+    if task not in (None, "classify"):  # another task's run: its own export verb builds its model
+        if args.weights or args.model_kwargs:
+            raise UserError(f"--weights / --model-kwargs go with a model name; {args.run} is a {task} run")
+        module = importlib.import_module(f"ascan.{task}.cli")
+        return int(module.main(["export", *argv]) or 0)
+    return export_classifier(args)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
 from ascan.config import Range, check_ranges, setting
 from ascan.errors import UserError
 
@@ -31,7 +29,7 @@ DEFAULT_MAX_SIZE_RATIO = 1.5
 
 # bf16 is left out: numpy (onnxruntime's input type) has no bfloat16, and onnxruntime's CPU kernels mostly
 # lack it. fp16 runs on onnxruntime's CPU provider (slowly): the parity check works everywhere.
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
+DTYPE_NAMES = ("fp32", "fp16")
 
 
 @dataclass
@@ -45,7 +43,7 @@ class ExportOptions:
 
     img_size: int | None = setting(None, IMG_SIZE_RANGE)
     batch: int | None = setting(None, BATCH_RANGE)
-    dtype: str = setting("fp32", choices=tuple(DTYPES))
+    dtype: str = setting("fp32", choices=DTYPE_NAMES)
     opset: int = setting(DEFAULT_OPSET, OPSET_RANGE)
     fuse: bool = False
     features_only: bool = False
@@ -64,8 +62,11 @@ class ExportOptions:
         return self
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+    def torch_dtype(self):
+        """The torch dtype of :attr:`dtype` (torch imported here: the options load before any export runs)."""
+        import torch
+
+        return {"fp32": torch.float32, "fp16": torch.float16}[self.dtype]
 
     @property
     def dynamic_batch(self) -> bool:

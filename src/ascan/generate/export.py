@@ -16,15 +16,13 @@ does.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 from torch import nn
 
 from ascan.errors import UserError
-from ascan.export.cli import EXIT_CHECK_FAILED, format_report
-from ascan.export.cli import _report_json as report_json
-from ascan.export.onnx import ExportCheckError, ModelInput, export_onnx
+from ascan.export.cli import run_export
+from ascan.export.onnx import ModelInput
 from ascan.export.options import ExportOptions
 from ascan.generate.conditioning import Conditioning
 from ascan.generate.sample import TrainedGenerator
@@ -101,16 +99,7 @@ def export_generator(gen: TrainedGenerator, args: argparse.Namespace, opts: Expo
     check_generator_options(gen, opts)
     m = gen.settings.model
     gen.model.cpu()
-    model = exportable_denoiser(gen)
-    notes = [f"{m.image_size} px", f"{m.cond}-conditional", opts.dtype, f"opset {opts.opset}",
-             f"batch {opts.batch or 'dynamic'}"]
-    title = f"{m.arch} denoiser ({origin}) -> {args.output} ({', '.join(notes)})"
-    try:
-        report = export_onnx(model, args.output, opts, m.in_chans, m.image_size,
-                             inputs=denoiser_inputs(gen, opts.torch_dtype), outputs=OUTPUT_NAMES)
-    except ExportCheckError as err:
-        print(report_json(err.report) if args.json else format_report(err.report, title))
-        print(f"ascan generate export: check failed, {args.output} not written: {err}", file=sys.stderr)
-        return EXIT_CHECK_FAILED
-    print(report_json(report) if args.json else format_report(report, title))
-    return 0
+    return run_export(exportable_denoiser(gen), args, opts, name=f"{m.arch} denoiser", origin=origin,
+                      in_chans=m.in_chans, img_size=m.image_size, features=False,
+                      inputs=denoiser_inputs(gen, opts.torch_dtype), outputs=OUTPUT_NAMES,
+                      notes=(f"{m.cond}-conditional",), command="ascan generate export")
