@@ -118,7 +118,7 @@ def test_eval_numeric_options_have_ranges(trained_run, argv, capsys):
 def test_export_onnx_passes_parity(trained_run, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     target = tmp_path / "seg.onnx"
-    assert main(["export", str(trained_run), "--output", str(target), "--bench-seconds", "0"]) == 0
+    assert main(["export", str(trained_run), "--output", str(target), "--bench-seconds", "0", "--img-size", "32"]) == 0
     out = capsys.readouterr().out
     assert target.is_file() and "UPerNet" in out and "32 px" in out
     # a size that is not a multiple of the segmenter's coarsest stride is one line, exit 2

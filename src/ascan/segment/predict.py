@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from torch import nn
 from torch.utils.data import Dataset
 
 from ascan.atomic import atomic_write
@@ -201,6 +202,20 @@ def export_size(trained: TrainedSegmenter, asked: int | None) -> int:
     return -(-size // multiple) * multiple
 
 
+def bake_input_size(backbone: nn.Module, size: int) -> None:
+    """Resize, in place, the relative-position tables of a timm ``features_only`` backbone to the feature maps of
+    ``size``-px inputs (as the classifier's ``set_input_size``): no table interpolation reaches an exported graph
+    (onnxruntime's cubic ``Resize`` is not PyTorch's bicubic). A backbone without tables is left as it is."""
+    from ascan.layers.rel_pos import RelPosBiasTable
+
+    for info in getattr(backbone, "feature_info", None).info if hasattr(backbone, "feature_info") else ():
+        stage = dict(backbone.named_children()).get(info["module"].replace(".", "_"))
+        feat = -(-size // info["reduction"])
+        for module in stage.modules() if stage is not None else ():
+            if isinstance(module, RelPosBiasTable):
+                module.set_feat_size((feat, feat))
+
+
 def run_export(args: argparse.Namespace) -> int:
     """``ascan segment export``: the whole segmenter (backbone + UPerNet) through the one exporter."""
     from ascan.export.cli import check_export_args
@@ -210,8 +225,10 @@ def run_export(args: argparse.Namespace) -> int:
     trained = load_trained(args.run, prefer_ema=not args.no_ema)
     model, cfg = trained.model, trained.cfg
     name = f"{cfg.model.backbone}+UPerNet ({cfg.model.protocol})"
+    img_size = export_size(trained, opts.img_size)
+    bake_input_size(model.backbone, img_size)
     return export_model(model, args, opts, name=name, origin=trained.source, in_chans=model.cfg.in_chans,
-                        img_size=export_size(trained, opts.img_size), features=False)
+                        img_size=img_size, features=False)
 
 
 __all__ = ["GroundTruth", "TrainedSegmenter", "class_colours", "export_size", "load_trained", "picture",
