@@ -202,12 +202,14 @@ def test_predict_never_overwrites_an_input_and_names_same_name_inputs_apart(trai
     assert sorted(p.name for p in out.iterdir()) == ["x_overlay-2.png", "x_overlay.png"]
     assert "wrote 2 pictures" in capsys.readouterr().err
     # an input named like an output in the output folder is refused, never replaced
-    clash = out / "y_overlay.png"
+    other = tmp_path / "other"
+    other.mkdir()
+    clash = other / "x_overlay.png"  # the name x.png's picture would get in that folder
     Image.open(first / "x.png").save(clash)
     before = clash.read_bytes()
-    assert cli_main(["segment", "predict", str(trained_run), str(clash), str(out / "x_overlay.png"),
-                     "--output", str(out)]) == 2
-    assert clash.read_bytes() == before
+    assert cli_main(["segment", "predict", str(trained_run), str(first / "x.png"), str(clash),
+                     "--output", str(other), "--overwrite"]) == 2
+    assert "is one of the inputs" in capsys.readouterr().err and clash.read_bytes() == before
     # a second predict into the same folder is refused; --overwrite replaces its own pictures
     assert cli_main(["segment", "predict", str(trained_run), str(first / "x.png"), "--output", str(out)]) == 2
     assert main(["predict", str(trained_run), str(first / "x.png"), "--output", str(out), "--overwrite"]) == 0

@@ -8,6 +8,7 @@ checkpoints, resume, ``metrics.csv``/``curves.png`` — is :func:`ascan.engine.f
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ascan import config as generic
 from ascan.data.dense_transforms import detection_collate
@@ -38,15 +39,13 @@ from ascan.engine import (
 )
 from ascan.engine.backbone_init import start_backbone
 from ascan.errors import UserError
-from ascan.model_kwargs import check_model_kwargs
 
 REPORTED_METRICS = ("box_map", "box_map_50", "box_map_75", "mask_map", "mask_map_50", "mask_map_75")
 
 
 def build_model(cfg: DetectConfig, num_object_classes: int) -> nn.Module:
-    """The config's detector for ``num_object_classes`` classes (plus the background)."""
-    # the backbone's own settings only: never a file for timm to load
-    check_model_kwargs(cfg.model.backbone, cfg.model.backbone_kwargs, key="model.backbone_kwargs")
+    """The config's detector for ``num_object_classes`` classes (plus the background); the backbone's kwargs
+    are checked by the model factory (:func:`ascan.factory.create_model`: never a file for timm to load)."""
     kwargs = dict(cfg.model.backbone_kwargs)
     if cfg.model.drop_path_rate:
         kwargs["drop_path_rate"] = cfg.model.drop_path_rate
@@ -88,9 +87,44 @@ class DetectionTask:
         return {key: metrics[key] for key in REPORTED_METRICS}
 
 
+def run_eval(args) -> int:
+    """``ascan detect eval``: COCO box and mask AP, naming the weights and the precision it scored."""
+    from ascan.data.coco import CocoInstances
+    from ascan.detect.predict import load_trained
+    from ascan.engine import autocast_dtype, session
+    from ascan.segment.commands import precision_name
+
+    if (args.annotations is None) != (args.images is None):
+        raise UserError("--annotations and --images go together")
+    trained = load_trained(args.run, prefer_ema=not args.no_ema)
+    if args.annotations:
+        dataset = CocoInstances(args.annotations, args.images)
+        if dataset.class_names != trained.class_names:
+            raise UserError(f"{args.annotations}: categories {', '.join(dataset.class_names)} differ from the "
+                            f"run's {', '.join(trained.class_names)}")
+    else:
+        dataset, _ = build_dataset(trained.cfg, train=False, progress=not args.no_progress)
+    if args.limit is not None and args.limit < len(dataset):
+        dataset = Subset(dataset, range(args.limit))
+    task = DetectionTask(dataset, args.batch_size or trained.cfg.data.eval_batch_size, not args.no_progress)
+    with session(args.device, args.threads) as env:
+        dtype = autocast_dtype(args.amp, env.device)
+        metrics = task.evaluate(trained.model.to(env.device), env.device, dtype)
+    result = {**metrics, "weights": trained.weights_kind, "precision": precision_name(dtype), "images": len(dataset),
+              "source": trained.source}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{trained.source}: {len(dataset)} images, {trained.weights_kind} weights, {result['precision']}")
+    for kind in ("box", "mask"):
+        print(f"  {kind:<4} AP {metrics[f'{kind}_map']:5.1f}   AP50 {metrics[f'{kind}_map_50']:5.1f}   "
+              f"AP75 {metrics[f'{kind}_map_75']:5.1f}")
+    return 0
+
+
 def run_info(cfg: DetectConfig, class_names: tuple[str, ...]) -> RunInfo:
-    meta = {"arch": cfg.model.arch, "backbone": cfg.model.backbone, "num_classes": str(len(class_names) + 1),
-            "image_size": str(cfg.data.image_size), "class_names": ",".join(class_names)}
+    meta = {"arch": cfg.model.arch, "backbone": cfg.model.backbone, "image_size": str(cfg.data.image_size),
+            "class_names": json.dumps(list(class_names))}  # the config and task: added by RunInfo
     return RunInfo(title=f"ascan detect: {cfg.model.arch} on {cfg.model.backbone}", command="ascan detect train",
                    checkpoint_extra={"config": generic.config_to_dict(cfg), "class_names": list(class_names)},
                    weights_metadata=meta, task="detect")

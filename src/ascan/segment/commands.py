@@ -1,5 +1,6 @@
-"""What the dense tasks' ``eval`` / ``predict`` commands share (``ascan segment`` and ``ascan detect``): how a
-precision is named, where predictions go by default, and the output names of a ``predict``."""
+"""What the dense tasks' ``eval`` / ``predict`` / ``export`` commands share (``ascan segment`` and ``ascan detect``):
+how a precision is named, where predictions go by default, the output names of a ``predict``, and a backbone's
+tables fixed at the export size."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ascan.data.images import output_paths
 from ascan.errors import UserError
@@ -42,4 +44,22 @@ def prediction_paths(files: list[Path], out_dir: Path, tag: str, overwrite: bool
     return paths
 
 
-__all__ = ["default_prediction_folder", "precision_name", "prediction_paths"]
+def bake_input_size(backbone: nn.Module, size: int) -> None:
+    """Resize, in place, the relative-position tables of a timm ``features_only`` backbone to the feature maps of
+    ``size``-px inputs (as the classifier's ``set_input_size``): no table interpolation reaches an exported graph
+    (onnxruntime's cubic ``Resize`` is not PyTorch's bicubic). A backbone without tables is left as it is."""
+    from ascan.layers.rel_pos import RelPosBiasTable
+
+    feature_info = getattr(backbone, "feature_info", None)
+    children = dict(backbone.named_children())
+    for info in feature_info.info if feature_info is not None else ():
+        stage = children.get(info["module"].replace(".", "_"))  # FeatureListNet flattens "stages.0"
+        if stage is None:
+            continue
+        feat = -(-size // info["reduction"])
+        for module in stage.modules():
+            if isinstance(module, RelPosBiasTable):
+                module.set_feat_size((feat, feat))
+
+
+__all__ = ["bake_input_size", "default_prediction_folder", "precision_name", "prediction_paths"]

@@ -95,7 +95,7 @@ class Picture:
     swatches: list[tuple[int, int, int, int]]  # each legend entry's colour square
 
 
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=FONT_SIZE)
     except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the fixed bitmap font
@@ -123,7 +123,7 @@ def panel_box(index: int, height: int, width: int) -> tuple[int, int, int, int]:
 def compose(panels: list[tuple[str, torch.Tensor]], legend: list[tuple[str, Colour]]) -> Picture:
     """Titled uint8 panels [3, H, W] (all one size) left to right, the legend (name, colour) below them."""
     height, width = panels[0][1].shape[-2:]
-    font = _font()
+    font = label_font()
     canvas_width = MARGIN + len(panels) * (width + MARGIN)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     legend_top = MARGIN + TITLE_HEIGHT + height + MARGIN
@@ -160,5 +160,5 @@ def panel_pixels(picture: Picture | Image.Image, box: tuple[int, int, int, int])
     return np.asarray(image.convert("RGB"))[box[1]:box[3], box[0]:box[2]]
 
 
-__all__ = ["BACKGROUND", "Picture", "class_colours", "colour_labels", "compose", "enlarge", "panel_box", "panel_pixels",
-           "present_classes", "sample_index", "scale_for", "to_uint8"]
+__all__ = ["BACKGROUND", "Picture", "class_colours", "colour_labels", "compose", "enlarge", "label_font", "panel_box",
+           "panel_pixels", "present_classes", "sample_index", "scale_for", "to_uint8"]

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch import nn
 from torch.utils.data import Dataset
 
 from ascan.atomic import atomic_write
@@ -202,24 +201,11 @@ def export_size(trained: TrainedSegmenter, asked: int | None) -> int:
     return -(-size // multiple) * multiple
 
 
-def bake_input_size(backbone: nn.Module, size: int) -> None:
-    """Resize, in place, the relative-position tables of a timm ``features_only`` backbone to the feature maps of
-    ``size``-px inputs (as the classifier's ``set_input_size``): no table interpolation reaches an exported graph
-    (onnxruntime's cubic ``Resize`` is not PyTorch's bicubic). A backbone without tables is left as it is."""
-    from ascan.layers.rel_pos import RelPosBiasTable
-
-    for info in getattr(backbone, "feature_info", None).info if hasattr(backbone, "feature_info") else ():
-        stage = dict(backbone.named_children()).get(info["module"].replace(".", "_"))
-        feat = -(-size // info["reduction"])
-        for module in stage.modules() if stage is not None else ():
-            if isinstance(module, RelPosBiasTable):
-                module.set_feat_size((feat, feat))
-
-
 def run_export(args: argparse.Namespace) -> int:
     """``ascan segment export``: the whole segmenter (backbone + UPerNet) through the one exporter."""
     from ascan.export.cli import check_export_args
     from ascan.export.cli import run_export as export_model
+    from ascan.segment.commands import bake_input_size
 
     opts = check_export_args(args)
     trained = load_trained(args.run, prefer_ema=not args.no_ema)
