@@ -10,7 +10,10 @@ predictions scoring at least ``--score-thresh`` (masks in the class colour, boxe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +49,7 @@ MASK_ALPHA = 0.45
 BOX_WIDTH = 2
 DEFAULT_SCORE = 0.5
 OVERLAY_TAG = "_overlay"  # output names: <stem>_overlay.png
+MAX_REASON_CHARS = 200  # of the tracer's message, in the one-line refusal
 
 
 @dataclass
@@ -197,13 +201,26 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def whole_detector_untraceable(model: nn.Module, image_size: int) -> str | None:
-    """Why the dynamo exporter cannot trace the whole detector (one line), or None when it can."""
-    example = [torch.rand(3, image_size, image_size) for _ in range(2)]
+    """Why ``torch.export`` (the dynamo exporter's tracer) cannot trace the whole detector, in one line, or None.
+
+    torch.export's messages begin with the partial graph: the reason is the first line that is not graph code,
+    and where it was raised (``Caused by: ...``) when it says so.
+    """
+    example = [torch.rand(3, image_size, image_size) for _ in range(2)]  # batch 2: no size-1 specialisation
+    torch_log = logging.getLogger("torch")
+    level = torch_log.level
+    torch_log.setLevel(logging.CRITICAL)  # the tracer logs the partial graph (thousands of lines) on failure
     try:
-        torch.export.export(model, (example,), strict=False)
-    except Exception as err:  # noqa: BLE001 - any tracing failure is the reason reported
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return f"{type(err).__name__}: {first[:200]}"
+        with contextlib.redirect_stderr(io.StringIO()):
+            torch.export.export(model.eval(), (example,), strict=False)
+    except Exception as err:  # noqa: BLE001 - whatever stops the tracer is the reason reported
+        lines = [line.strip() for line in str(err).splitlines()
+                 if line.strip() and not line[0].isspace() and not line.startswith("def forward")]
+        cause = next((line for line in lines if line.startswith("Caused by:")), "")
+        reason = lines[0] if lines else type(err).__name__
+        return f"{reason[:MAX_REASON_CHARS]} {cause}".strip()
+    finally:
+        torch_log.setLevel(level)
     return None
 
 
