@@ -16,7 +16,7 @@ from ascan.cli import main as cli_main
 from ascan.detect.cli import main
 from ascan.detect.config import DetectConfig, load_config
 from ascan.detect.predict import MASK_ALPHA, label_colours, picture
-from ascan.detect.task import train
+from ascan.detect.train import train
 from ascan.errors import UserError
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "detect_scenes.yaml"

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     from ascan.detect.config import load_config
-    from ascan.detect.task import train
+    from ascan.detect.train import train
 
     return run_training(args, resolve_run_config(args, load_config, DEFAULT_CONFIG, EPOCH_SHORTCUTS), train,
                         TASK, args.argv)

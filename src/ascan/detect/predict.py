@@ -28,7 +28,7 @@ from ascan.data.coco import CocoInstances, load_rgb
 from ascan.detect.config import DetectConfig, config_from_dict, detector_cfg
 from ascan.detect.data import split_files
 from ascan.detect.metrics import binary_masks
-from ascan.detect.task import build_model
+from ascan.detect.train import build_model
 from ascan.engine import load_model_state
 from ascan.engine.trained import read_run
 from ascan.errors import UserError
@@ -40,6 +40,7 @@ from ascan.segment.overlay import (
     compose,
     enlarge,
     label_font,
+    readable_ink,
     sample_index,
     scale_for,
     to_uint8,
@@ -94,7 +95,7 @@ def draw_detections(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tens
         left, bottom = box[0], max(box[1], 0)
         text = draw.textbbox((left, bottom), caption, font=font, anchor="lb")
         draw.rectangle(text, fill=colour)
-        draw.text((left, bottom), caption, fill=(0, 0, 0), font=font, anchor="lb")
+        draw.text((left, bottom), caption, fill=readable_ink(colour), font=font, anchor="lb")
     return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
 
 

@@ -34,6 +34,7 @@ LEGEND_GAP = 16  # between legend entries
 LEGEND_ROW = 22
 PAPER: Colour = (255, 255, 255)
 INK: Colour = (0, 0, 0)
+LIGHT_LUMA = 128  # a caption background at least this bright gets black text
 
 
 def class_colours(class_names: Sequence[str]) -> list[Colour]:
@@ -46,6 +47,12 @@ def class_colours(class_names: Sequence[str]) -> list[Colour]:
         r, g, b = colorsys.hsv_to_rgb((c * GOLDEN_RATIO_CONJUGATE) % 1.0, PALETTE_SATURATION, PALETTE_VALUE)
         colours.append((round(r * UINT8_MAX), round(g * UINT8_MAX), round(b * UINT8_MAX)))
     return colours
+
+
+def readable_ink(colour: Colour) -> Colour:
+    """Black on a light colour, white on a dark one (text on a class-coloured caption)."""
+    luma = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]  # ITU-R BT.601
+    return INK if luma >= LIGHT_LUMA else PAPER
 
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:
@@ -161,4 +168,4 @@ def panel_pixels(picture: Picture | Image.Image, box: tuple[int, int, int, int])
 
 
 __all__ = ["BACKGROUND", "Picture", "class_colours", "colour_labels", "compose", "enlarge", "label_font", "panel_box",
-           "panel_pixels", "present_classes", "sample_index", "scale_for", "to_uint8"]
+           "panel_pixels", "present_classes", "readable_ink", "sample_index", "scale_for", "to_uint8"]
