@@ -103,6 +103,17 @@ def test_train_resume_is_exact_then_eval_and_predict(tmp_path, scenes, capsys):
         assert img.mode == "RGB" and img.size[0] == MARGIN + 3 * (MIN_SHORT_SIDE + MARGIN)
         assert img.size[1] > MARGIN + TITLE_HEIGHT + MIN_SHORT_SIDE  # the legend below
 
+    # two inputs with one file name get two pictures; an image outside the run's data has no ground-truth panel
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.open(scenes / "images" / "test" / files[0].name.replace("_overlay", "")).save(tmp_path / folder / "x.png")
+    same = tmp_path / "same"
+    assert main(["predict", str(straight), str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png"),
+                 "--output", str(same), "--no-progress"]) == 0
+    assert sorted(p.name for p in same.iterdir()) == ["x_overlay-2.png", "x_overlay.png"]
+    with Image.open(same / "x_overlay.png") as img:
+        assert img.size[0] == MARGIN + 2 * (MIN_SHORT_SIDE + MARGIN)
+
 
 def metrics_of(run: Path) -> dict[str, float]:
     with open(run / "metrics.csv") as f:

@@ -106,6 +106,8 @@ def test_eval_matches_the_runs_own_evaluation(trained_run, capsys):
     assert main(["eval", str(trained_run), "--device", "cpu", "--limit", "2", "--batch-size", "1"]) == 0
     text = capsys.readouterr().out
     assert "(2 images, raw weights, fp32)" in text and "mIoU" in text
+    assert main(["eval", str(trained_run), "--device", "cpu", "--limit", "1", "--amp", "bf16", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["precision"] == "bfloat16 autocast"
 
 
 def test_old_export_with_segment_config_metadata_and_old_option_names_still_work(trained_run, tmp_path, capsys):
