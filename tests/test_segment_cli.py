@@ -144,7 +144,7 @@ def test_export_onnx_passes_parity(trained_run, tmp_path, capsys):
     # coarsest stride is one line, exit 2
     assert cli_main(["export", str(trained_run), "--output", str(tmp_path / "x.onnx"), "--img-size", "33"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "multiple of" in err and "UPerNet" not in err
+    assert len(err.splitlines()) == 1 and "--img-size 33" in err and "multiple of 32" in err and "e.g. 64" in err
 
 
 def _reference_colouring(labels: np.ndarray, colours, scale: int) -> np.ndarray:

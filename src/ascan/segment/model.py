@@ -153,6 +153,13 @@ class Segmenter(nn.Module):
         """Input sides must be multiples of this for ascan backbones (the coarsest map's stride)."""
         return max(self.feature_strides)
 
+    # What ascan.factory.check_input_size (the one input-size rule) reads: sides must be multiples of the stride.
+    strict_input_size = True
+
+    @property
+    def reduction(self) -> int:
+        return self.size_multiple
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.classifier(self.decoder(self.encoder(x)))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -185,16 +185,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def export_size(trained: TrainedSegmenter, asked: int | None) -> int:
-    """``--img-size``, else the run's crop size or scene size, else :data:`DEFAULT_EXPORT_SIZE`; a multiple of
-    the segmenter's coarsest stride (asked: checked; default: rounded up)."""
+    """``--img-size`` (checked by the exporter: the one input-size rule), else the run's crop size or scene size,
+    else :data:`DEFAULT_EXPORT_SIZE`, rounded up to a multiple of the segmenter's coarsest stride."""
     from ascan.segment.config import scene_config
 
-    multiple = trained.model.size_multiple
     if asked is not None:
-        if asked % multiple:
-            raise UserError(f"--img-size {asked}: the segmenter needs a multiple of {multiple} (its coarsest "
-                            f"stride); e.g. {asked + multiple - asked % multiple}")
         return asked
+    multiple = trained.model.size_multiple
     cfg = trained.cfg
     size = cfg.aug.crop_size or (scene_config(cfg.data).image_size if cfg.data.source == "scenes" else
                                  DEFAULT_EXPORT_SIZE)
