@@ -169,6 +169,10 @@ def test_export_whole_detector_is_one_line_and_features_only_exports_the_backbon
                  "--max-size-ratio", "4"]) == 0
     out = capsys.readouterr().out
     assert target.is_file() and "features" in out and "64 px" in out
+    assert cli_main(["detect", "export", str(run), "--output", str(tmp_path / "x.onnx"), "--features-only",
+                     "--img-size", "60"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--img-size 60" in err and "multiple of 16" in err
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

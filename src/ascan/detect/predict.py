@@ -237,9 +237,6 @@ def run_export(args: argparse.Namespace) -> int:
     cfg, backbone = trained.cfg, trained.model.backbone
     multiple = backbone.size_divisible
     img_size = opts.img_size or -(-cfg.data.image_size // multiple) * multiple
-    if img_size % multiple:
-        raise UserError(f"--img-size {img_size}: the backbone needs a multiple of {multiple}; "
-                        f"e.g. {img_size + multiple - img_size % multiple}")
     if not opts.features_only:
         reason = whole_detector_untraceable(trained.model, img_size)
         if reason is not None:
@@ -247,6 +244,8 @@ def run_export(args: argparse.Namespace) -> int:
                             "--features-only exports its backbone's feature maps")
         raise UserError(f"{cfg.model.arch} traces, but its ONNX checks are not wired up yet; use --features-only")
     body = backbone.body
+    # what the exporter's one input-size rule (ascan.factory.check_input_size) reads: multiples of the deepest stride
+    body.strict_input_size, body.reduction = True, multiple
     bake_input_size(body, img_size)
     opts = dataclasses.replace(opts, features_only=False)  # the body is the feature-map network already
     name = f"{cfg.model.backbone} features {list(backbone.out_indices)} ({cfg.model.arch} backbone)"
