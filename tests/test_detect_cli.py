@@ -1,6 +1,7 @@
 """`ascan detect` on tiny generated scenes: train, exact resume, eval, predict overlays, user errors."""
 
 import csv
+import json
 import os
 import signal
 from pathlib import Path
@@ -11,10 +12,11 @@ import yaml
 from safetensors.torch import load_file
 
 from ascan import config as generic
+from ascan.cli import main as cli_main
 from ascan.detect.cli import main
 from ascan.detect.config import DetectConfig, load_config
-from ascan.detect.predict import PALETTE, draw_overlay
-from ascan.detect.task import train
+from ascan.detect.predict import MASK_ALPHA, label_colours, picture
+from ascan.detect.train import train
 from ascan.errors import UserError
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "detect_scenes.yaml"
@@ -77,16 +79,46 @@ def test_train_resume_is_exact_then_eval_and_predict(tmp_path, scenes, capsys):
     assert main(["eval", str(straight), "--no-progress", "--batch-size", "2"]) == 0
     out = capsys.readouterr().out
     assert "4 images" in out and "box  AP" in out and "mask AP" in out
+    assert "raw weights, fp32" in out  # which weights and which precision it scored
+    assert main(["eval", str(straight), "--no-progress", "--json", "--limit", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 2 and result["weights"] == "raw" and result["precision"] == "fp32"
+    assert 0.0 <= result["box_map"] <= 100.0
+    # the exported weights carry the config: a .safetensors file rebuilds the detector alone
+    assert main(["eval", str(straight / "model.safetensors"), "--no-progress", "--json"]) == 0
+    from_file = json.loads(capsys.readouterr().out)
+    assert from_file["box_map"] == pytest.approx(metrics_of(straight)["box_map"], abs=1e-6)
 
     overlays = tmp_path / "overlays"
     assert main(["predict", str(straight), str(scenes / "images" / "test"), "--out", str(overlays),
                  "--limit", "2", "--score-thresh", "0.0", "--no-progress"]) == 0
+    assert "wrote 2 pictures" in capsys.readouterr().out
     files = sorted(overlays.glob("*.png"))
     assert len(files) == 2
     from PIL import Image
 
-    with Image.open(files[0]) as img:
-        assert img.size == (512, 512) and img.mode == "RGB"  # 64-px scenes drawn 8x larger
+    from ascan.segment.overlay import MARGIN, MIN_SHORT_SIDE, TITLE_HEIGHT
+
+    with Image.open(files[0]) as img:  # input | ground truth (the scenes' COCO masks) | prediction, 64 px x 6
+        assert img.mode == "RGB" and img.size[0] == MARGIN + 3 * (MIN_SHORT_SIDE + MARGIN)
+        assert img.size[1] > MARGIN + TITLE_HEIGHT + MIN_SHORT_SIDE  # the legend below
+
+    # two inputs with one file name get two pictures; an image outside the run's data has no ground-truth panel
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.open(scenes / "images" / "test" / files[0].name.replace("_overlay", "")).save(tmp_path / folder / "x.png")
+    same = tmp_path / "same"
+    assert main(["predict", str(straight), str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png"),
+                 "--output", str(same), "--no-progress"]) == 0
+    assert sorted(p.name for p in same.iterdir()) == ["x_overlay-2.png", "x_overlay.png"]
+    with Image.open(same / "x_overlay.png") as img:
+        assert img.size[0] == MARGIN + 2 * (MIN_SHORT_SIDE + MARGIN)
+
+
+def metrics_of(run: Path) -> dict[str, float]:
+    with open(run / "metrics.csv") as f:
+        row = list(csv.DictReader(f))[-1]
+    return {key.removeprefix("test_"): float(value) for key, value in row.items() if key.startswith("test_")}
 
 
 def test_cascade_trains_one_step_and_a_run_folder_is_not_overwritten(tmp_path, scenes):
@@ -100,21 +132,47 @@ def test_cascade_trains_one_step_and_a_run_folder_is_not_overwritten(tmp_path, s
         main(["train", *args, "max_steps=1"])
 
 
-def test_overlay_draws_masks_and_boxes_of_kept_detections_only():
-    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+def test_picture_draws_kept_detections_with_captions_and_a_legend_of_present_classes():
+    from ascan.segment.overlay import panel_pixels
+
+    image = torch.zeros(3, 64, 64)
     masks = torch.zeros(2, 1, 64, 64)
     masks[0, 0, 10:30, 10:30] = 0.9
     masks[1, 0, 40:60, 40:60] = 0.9
     pred = {"boxes": torch.tensor([[10.0, 10, 30, 30], [40, 40, 60, 60]]), "labels": torch.tensor([3, 5]),
             "scores": torch.tensor([0.9, 0.2]), "masks": masks}
     names = tuple(f"class{i}" for i in range(1, 11))
-    out = draw_overlay(image, pred, names, score_thresh=0.5)
-    assert out.shape == (3, 512, 512) and out.dtype == torch.uint8
-    colour = torch.tensor([int(PALETTE[2][i:i + 2], 16) for i in (1, 3, 5)])
-    inside = out[:, 20 * 8, 20 * 8]  # centre of the kept mask: tinted towards class 3's colour
-    assert (inside > 0).any() and torch.allclose(inside.float(), colour.float() * 0.45, atol=2)
-    assert torch.equal(out[:, 50 * 8, 50 * 8], torch.zeros(3, dtype=torch.uint8))  # score 0.2: not drawn
-    assert torch.equal(out[:, 10 * 8 + 10, 10 * 8], colour.to(torch.uint8))  # left box edge in class colour
+    truth = {"boxes": torch.tensor([[0.0, 0, 8, 8]]), "labels": torch.tensor([7]),
+             "masks": torch.zeros(1, 64, 64, dtype=torch.uint8)}
+    shown, drawn = picture(image, pred, truth, names, score_thresh=0.5)
+    assert drawn == 1 and shown.legend == ["class3", "class7"]  # class5 scored 0.2: neither drawn nor listed
+    colour = torch.tensor(label_colours(names)[3], dtype=torch.float32)
+    prediction = torch.from_numpy(panel_pixels(shown, shown.panels["prediction"]).copy()).permute(2, 0, 1)
+    scale = 6  # 64 px -> 384
+    inside = prediction[:, 20 * scale, 20 * scale].float()  # centre of the kept mask: tinted towards class 3
+    assert torch.allclose(inside, colour * MASK_ALPHA, atol=2)
+    assert torch.equal(prediction[:, 50 * scale, 50 * scale], torch.zeros(3, dtype=torch.uint8))  # not drawn
+    assert torch.equal(prediction[:, 20 * scale, 10 * scale], colour.to(torch.uint8))  # left box edge
+    assert prediction.shape[-1] == 384 and set(shown.panels) == {"input", "ground truth", "prediction"}
+
+
+def test_export_whole_detector_is_one_line_and_features_only_exports_the_backbone(tmp_path, scenes, capsys):
+    pytest.importorskip("onnxruntime")
+    run = tmp_path / "run"
+    assert main(["train", *_tiny(scenes, run), "max_steps=1"]) == 0
+    assert cli_main(["detect", "export", str(run), "--output", str(tmp_path / "d.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--features-only" in err and "cannot" in err
+    target = tmp_path / "backbone.onnx"
+    # a backbone this small (30 k parameters) is outweighed by the graph's own bytes: the size check is loosened
+    assert main(["export", str(run), "--output", str(target), "--features-only", "--bench-seconds", "0",
+                 "--max-size-ratio", "4"]) == 0
+    out = capsys.readouterr().out
+    assert target.is_file() and "features" in out and "64 px" in out
+    assert cli_main(["detect", "export", str(run), "--output", str(tmp_path / "x.onnx"), "--features-only",
+                     "--img-size", "60"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--img-size 60" in err and "multiple of 16" in err
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -137,6 +195,6 @@ def test_bad_scene_settings_and_paths_are_user_errors(tmp_path, scenes):
     with pytest.raises(UserError, match="does not exist"):
         main(["eval", str(tmp_path / "no_run")])
     with pytest.raises(UserError, match="no such image"):
-        main(["predict", str(tmp_path / "no_run"), str(tmp_path / "missing.png"), "--out", str(tmp_path)])
+        main(["predict", str(tmp_path / "no_run"), str(tmp_path / "missing.png"), "--output", str(tmp_path)])
     with pytest.raises(UserError, match="--resume"):
         main(["train", "--resume", str(tmp_path), "--overwrite"])

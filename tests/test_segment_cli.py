@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from ascan.cli import main as cli_main
 from ascan.errors import UserError
 from ascan.segment.cli import main
 from ascan.segment.config import load_config
-from ascan.segment.predict import class_colours, load_trained, overlay
+from ascan.segment.predict import class_colours, load_trained
 
 SIZE = 32
 NUM_CLASSES = 3  # 0 background, 1 red squares, 2 blue squares
@@ -100,34 +101,145 @@ def test_eval_matches_the_runs_own_evaluation(trained_run, capsys):
     # the exported weights rebuild the same model from their metadata alone
     assert main(["eval", str(trained_run / "model.safetensors"), "--json", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["mIoU"] == pytest.approx(result["mIoU"], abs=1e-4)
+    # it says which weights and which precision it scored (the run kept no EMA: the raw weights)
+    assert result["weights"] == "raw" and result["precision"] == "fp32" and result["images"] == 3
+    assert main(["eval", str(trained_run), "--device", "cpu", "--limit", "2", "--batch-size", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "(2 images, raw weights, fp32)" in text and "mIoU" in text
+    assert main(["eval", str(trained_run), "--device", "cpu", "--limit", "1", "--amp", "bf16", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["precision"] == "bfloat16 autocast"
 
 
-def test_predict_writes_overlays_and_labels(trained_run, ade_root, tmp_path):
+def test_old_export_with_segment_config_metadata_and_old_option_names_still_work(trained_run, tmp_path, capsys):
+    """A segmenter exported before the config was stored as 'config' (it was 'segment_config', no 'task')."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(trained_run / "model.safetensors"), "pt") as fh:
+        meta = dict(fh.metadata())
+    old = {"segment_config": meta["config"], "num_classes": meta["num_classes"], "class_names": meta["class_names"]}
+    legacy = tmp_path / "model.safetensors"
+    save_file(load_file(trained_run / "model.safetensors"), str(legacy), old)
+    assert main(["eval", str(legacy), "--json", "--device", "cpu"]) == 0
+    assert main(["eval", str(trained_run), "--json", "--device", "cpu", "--raw"]) == 0  # old spelling of --no-ema
+    first, second = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert first["mIoU"] == pytest.approx(second["mIoU"], abs=1e-4) and second["weights"] == "raw"
+    assert load_trained(legacy).class_names == load_trained(trained_run).class_names
+
+
+@pytest.mark.parametrize("argv", [["--batch-size", "0"], ["--limit", "0"], ["--threads", "0"]])
+def test_eval_numeric_options_have_ranges(trained_run, argv, capsys):
+    assert cli_main(["segment", "eval", str(trained_run), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and argv[0] in err and "got 0" in err
+
+
+def test_export_onnx_passes_parity(trained_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    target = tmp_path / "seg.onnx"
+    assert main(["export", str(trained_run), "--output", str(target), "--bench-seconds", "0", "--img-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert target.is_file() and "UPerNet" in out and "32 px" in out
+    # `ascan export RUN` hands a segment run to this verb; a size that is not a multiple of the segmenter's
+    # coarsest stride is one line, exit 2
+    assert cli_main(["export", str(trained_run), "--output", str(tmp_path / "x.onnx"), "--img-size", "33"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--img-size 33" in err and "multiple of 32" in err and "e.g. 64" in err
+
+
+def _reference_colouring(labels: np.ndarray, colours, scale: int) -> np.ndarray:
+    """A naive per-pixel colouring of a class map, each pixel repeated ``scale`` x ``scale`` times."""
+    h, w = labels.shape
+    out = np.zeros((h * scale, w * scale, 3), np.uint8)
+    for y in range(h * scale):
+        for x in range(w * scale):
+            out[y, x] = colours[int(labels[y // scale, x // scale])]
+    return out
+
+
+def test_predict_pictures_show_input_truth_prediction_and_labels(trained_run, ade_root, tmp_path, capsys):
+    from ascan.segment.overlay import MIN_SHORT_SIDE, panel_box, panel_pixels
+
     images = ade_root / "images" / "test"
-    assert main(["predict", str(trained_run), str(images), "--out", str(tmp_path), "--save-labels",
-                 "--device", "cpu"]) == 0
+    out = tmp_path / "pictures"
+    assert main(["predict", str(trained_run), str(images), "--output", str(out), "--save-labels",
+                 "--device", "cpu", "--no-progress"]) == 0
+    assert "wrote 3 pictures and 3 class maps" in capsys.readouterr().err
     trained = load_trained(trained_run)
+    colours = class_colours(trained.class_names)
+    scale = -(-MIN_SHORT_SIDE // SIZE)
     for path in sorted(images.iterdir()):
-        overlay = np.asarray(Image.open(tmp_path / f"{path.stem}_overlay.png"))
-        labels = np.asarray(Image.open(tmp_path / f"{path.stem}_labels.png"))
-        assert overlay.shape == (SIZE, SIZE, 3) and labels.shape == (SIZE, SIZE)
+        picture = Image.open(out / f"{path.stem}_overlay.png")
+        labels = np.asarray(Image.open(out / f"{path.stem}_labels.png"))
         original = np.array(Image.open(path))
         image = torch.from_numpy(original).permute(2, 0, 1).float() / 255
         with torch.no_grad():
             expected = trained.model(image[None]).argmax(1)[0].numpy()
         np.testing.assert_array_equal(labels, expected)
-        # ADE classes have no 'background': every pixel is blended 50/50 with its class colour
-        palette = np.array(class_colours(NUM_CLASSES), dtype=np.float64)
-        blend = 0.5 * original + 0.5 * palette[labels]
-        assert np.abs(overlay - blend).max() <= 1.0
+        side = SIZE * scale
+        # input | ground truth (the test split's own label PNG) | prediction, each enlarged to >= 384 px
+        shown_input = panel_pixels(picture, panel_box(0, side, side))
+        np.testing.assert_array_equal(shown_input, original.repeat(scale, 0).repeat(scale, 1))
+        truth = np.asarray(Image.open(ade_root / "annotations" / "test" / path.name)).astype(np.int64)
+        shown_truth = panel_pixels(picture, panel_box(1, side, side))
+        known = (truth != 255).repeat(scale, 0).repeat(scale, 1)
+        reference_truth = _reference_colouring(np.where(truth == 255, 0, truth), colours, scale)
+        np.testing.assert_array_equal(shown_truth[known], reference_truth[known])
+        shown_prediction = panel_pixels(picture, panel_box(2, side, side))
+        np.testing.assert_array_equal(shown_prediction, _reference_colouring(expected, colours, scale))
 
 
-def test_overlay_leaves_background_untouched():
-    image = torch.full((3, 4, 4), 0.5)
-    labels = torch.tensor([[0, 0, 1, 1]] * 4)
-    out = overlay(image, labels, ("background", "shirt"), alpha=1.0)
-    assert (out[:, :, :2] == 128).all()
-    assert out[:, :, 2:].permute(1, 2, 0).reshape(-1, 3).tolist() == [list(class_colours(2)[1])] * 8
+def test_picture_legend_lists_exactly_the_classes_present():
+    from ascan.segment.overlay import MIN_SHORT_SIDE, panel_pixels
+    from ascan.segment.predict import picture
+
+    names = ("background", "shirt", "bag", "shoe")
+    image = torch.full((3, 8, 16), 0.5)
+    labels = torch.zeros(8, 16, dtype=torch.int64)
+    labels[:, 10:] = 2  # background and bag predicted
+    truth = torch.full((8, 16), 255, dtype=torch.int64)
+    truth[:4] = 3  # shoe in the truth, the rest ignored
+    shown = picture(image, labels, truth, names)
+    assert shown.legend == ["background", "bag", "shoe"]  # "shirt" is in neither map
+    colours = class_colours(names)
+    for (left, top, right, bottom), name in zip(shown.swatches, shown.legend, strict=True):
+        swatch = panel_pixels(shown, (left, top, right, bottom))
+        assert (swatch == colours[names.index(name)]).all()
+    assert min(shown.panels["prediction"][3] - shown.panels["prediction"][1], 16 * 48) >= MIN_SHORT_SIDE
+    assert set(shown.panels) == {"input", "ground truth", "prediction"}
+    assert set(picture(image, labels, None, names).panels) == {"input", "prediction"}  # no truth: no panel
+
+
+def test_predict_never_overwrites_an_input_and_names_same_name_inputs_apart(trained_run, ade_root, tmp_path,
+                                                                            capsys):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        Image.open(ade_root / "images" / "test" / "000.png").save(folder / "x.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(trained_run), str(first / "x.png"), str(second / "x.png"), "--output", str(out),
+                 "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["x_overlay-2.png", "x_overlay.png"]
+    assert "wrote 2 pictures" in capsys.readouterr().err
+    # an input named like an output in the output folder is refused, never replaced
+    other = tmp_path / "other"
+    other.mkdir()
+    clash = other / "x_overlay.png"  # the name x.png's picture would get in that folder
+    Image.open(first / "x.png").save(clash)
+    before = clash.read_bytes()
+    assert cli_main(["segment", "predict", str(trained_run), str(first / "x.png"), str(clash),
+                     "--output", str(other), "--overwrite"]) == 2
+    assert "is one of the inputs" in capsys.readouterr().err and clash.read_bytes() == before
+    # a second predict into the same folder is refused; --overwrite replaces its own pictures
+    assert cli_main(["segment", "predict", str(trained_run), str(first / "x.png"), "--output", str(out)]) == 2
+    assert main(["predict", str(trained_run), str(first / "x.png"), "--output", str(out), "--overwrite"]) == 0
+
+
+def test_default_prediction_folder_names_task_and_run(trained_run, ade_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", str(trained_run), str(ade_root / "images" / "test" / "001.png"), "--limit", "1"]) == 0
+    assert [p.name for p in (tmp_path / "predictions" / f"segment-{trained_run.name}").iterdir()] == \
+        ["001_overlay.png"]
 
 
 @pytest.mark.parametrize(("overrides", "match"), [

@@ -88,6 +88,11 @@ class SemanticFolder(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    @property
+    def image_paths(self) -> list[Path]:
+        """Each sample's image file (what ``predict`` matches an input against to find its ground truth)."""
+        return [image for image, _ in self.pairs]
+
     def load_labels(self, index: int) -> np.ndarray:
         """Index map int64 [H, W] of sample ``index`` after ``reduce_zero_label``, checked against ``num_classes``."""
         image_path, label_path = self.pairs[index]

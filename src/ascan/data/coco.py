@@ -230,6 +230,11 @@ class CocoInstances(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    @property
+    def image_paths(self) -> list[Path]:
+        """Each sample's image file (what ``predict`` matches an input against to find its ground truth)."""
+        return [self._images[image_id].path for image_id in self.image_ids]
+
     def raw_target(self, index: int) -> dict:
         """The target of sample ``index`` before transforms (masks decoded at the file's resolution)."""
         image = self._images[self.image_ids[index]]
@@ -292,6 +297,10 @@ class CocoSemantic(Dataset):
 
     def __len__(self) -> int:
         return len(self.instances)
+
+    @property
+    def image_paths(self) -> list[Path]:
+        return self.instances.image_paths
 
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         image, target = self.instances.load_image(index), self.instances.raw_target(index)

@@ -5,7 +5,7 @@
 - :mod:`ascan.detect.model` — ``build_mask_rcnn`` / ``build_cascade_mask_rcnn`` sized for the data;
 - :mod:`ascan.detect.metrics` — COCO box / mask AP (torchmetrics + faster-coco-eval), x100;
 - :mod:`ascan.detect.speed` — images per second of a whole detector;
-- :mod:`ascan.detect.config`, :mod:`~ascan.detect.data`, :mod:`~ascan.detect.task`,
-  :mod:`~ascan.detect.predict`, :mod:`~ascan.detect.cli` — the ``ascan detect train|eval|predict`` task
-  on the shared engine (:mod:`ascan.engine`).
+- :mod:`ascan.detect.config`, :mod:`~ascan.detect.data`, :mod:`~ascan.detect.task`, :mod:`~ascan.detect.train`,
+  :mod:`~ascan.detect.predict`, :mod:`~ascan.detect.cli` — the ``ascan detect train|eval|predict|export`` task
+  on the shared engine (:mod:`ascan.engine`), the same rooms as every task.
 """

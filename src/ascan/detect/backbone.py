@@ -2,8 +2,8 @@
 
 torchvision's ``MaskRCNN`` takes any module with an ``out_channels`` int whose forward returns an
 ``OrderedDict`` of feature maps. Its own ``BackboneWithFPN`` only taps direct children, and timm stages are
-``stages.N``, so the pyramid is built here from ``timm.create_model(name, features_only=True,
-out_indices=...)`` and ``torchvision.ops.FeaturePyramidNetwork``.
+``stages.N``, so the pyramid is built here from ``create_model(name, features_only=True, out_indices=...)``
+(:mod:`ascan.factory`) and ``torchvision.ops.FeaturePyramidNetwork``.
 
 Levels are named by stage: a network's feature levels end with S1..S4 (the last four), so
 
@@ -19,16 +19,17 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import timm
 import torch
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 import ascan  # noqa: F401  (registers ascan_* models with timm)
+from ascan.factory import create_model, probe_model
 
 LEVELS = {"s2-s4": 3, "s1-s4": 4}  # protocol -> number of trailing backbone levels it uses
 POOL_LEVEL = "pool"  # name torchvision's LastLevelMaxPool gives the extra level
+KWARGS_KEY = "model.backbone_kwargs"  # where a detect config keeps the backbone's settings (named in errors)
 
 
 def level_indices(num_levels: int, levels: str) -> tuple[int, ...]:
@@ -50,19 +51,17 @@ def _checked_out_indices(out_indices: tuple[int, ...], num_levels: int) -> tuple
 
 
 def create_features(name: str, levels: str = "s2-s4", out_indices: tuple[int, ...] | None = None,
-                    **kwargs) -> tuple[nn.Module, tuple[int, ...]]:
-    """``timm.create_model(name, features_only=True, out_indices=...)``, with the indices checked first.
+                    in_chans: int | None = None, **settings) -> tuple[nn.Module, tuple[int, ...]]:
+    """``name`` with ``features_only=True, out_indices=...`` through :func:`ascan.factory.create_model`, the
+    indices checked first on a probe (no weights); ``settings`` are the backbone's own (checked) kwargs.
 
     ``out_indices`` (explicit) wins over ``levels``. Returns the feature network and the indices it uses.
     """
-    probe = timm.create_model(name, pretrained=False, features_only=True, **kwargs)
-    num_levels = len(probe.feature_info.info)
+    builder = {"features_only": True, **({"in_chans": in_chans} if in_chans is not None else {})}
+    num_levels = len(probe_model(name, **builder, **settings).feature_info.info)
     indices = (level_indices(num_levels, levels) if out_indices is None
                else _checked_out_indices(out_indices, num_levels))
-    if tuple(probe.feature_info.out_indices) == indices:
-        return probe, indices
-    del probe
-    return timm.create_model(name, pretrained=False, features_only=True, out_indices=indices, **kwargs), indices
+    return create_model(name, settings, key=KWARGS_KEY, out_indices=indices, **builder), indices
 
 
 class TimmFPNBackbone(nn.Module):

@@ -82,7 +82,7 @@ class DetectOptimConfig(EpochOptimSettings):
 
 
 @dataclass
-@with_defaults(output="runs/detect_scenes", amp="off", eval_every=0,
+@with_defaults(output="runs/detect-scenes", amp="off", eval_every=0,
                checkpoint_every_minutes=DEFAULT_CHECKPOINT_MINUTES / 6)
 class DetectConfig(EpochRunSettings):
     """``eval_every`` 0: evaluate at the end only (COCO AP is slow on a CPU)."""

@@ -35,14 +35,20 @@ def scene_config(cfg: DetectConfig) -> SceneConfig:
         raise UserError(f"data.scenes: {err}") from None
 
 
-def data_files(cfg: DetectConfig, train: bool, progress: bool = True) -> tuple[Path, Path]:
-    """(annotation JSON, image folder) of the training or evaluation split; scenes are built if missing."""
+def split_files(cfg: DetectConfig, train: bool) -> tuple[Path, Path]:
+    """(annotation JSON, image folder) of the training or evaluation split, as they are on disk."""
     data = cfg.data
     if data.source == "coco":
         return (Path(data.train_annotations), Path(data.train_images)) if train else \
             (Path(data.eval_annotations), Path(data.eval_images))
-    root = ensure_scenes(data.root, scene_config(cfg), progress=progress)
-    return split_paths(root, "train" if train else "test")
+    return split_paths(data.root, "train" if train else "test")
+
+
+def data_files(cfg: DetectConfig, train: bool, progress: bool = True) -> tuple[Path, Path]:
+    """:func:`split_files`; the scenes are made first if missing."""
+    if cfg.data.source == "scenes":
+        ensure_scenes(cfg.data.root, scene_config(cfg), progress=progress)
+    return split_files(cfg, train)
 
 
 def build_dataset(cfg: DetectConfig, train: bool, progress: bool = True) -> tuple[Dataset, tuple[str, ...]]:

@@ -97,7 +97,7 @@ class SegAugConfig:
 
 
 @dataclass
-@with_defaults(output="runs/segment_scenes")
+@with_defaults(output="runs/segment-scenes")
 class SegmentConfig(EpochRunSettings):
     channels_last: bool = True
     data: SegDataConfig = field(default_factory=SegDataConfig)

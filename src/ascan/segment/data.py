@@ -53,25 +53,35 @@ def _checked_classes(cfg: SegmentConfig, found: int, source: str) -> int:
     return found
 
 
-def _open(cfg: SegmentConfig, split: str, train: bool, progress: bool) -> tuple[Dataset, SegDataInfo]:
+def image_folder(cfg: SegmentConfig, split: str) -> Path:
+    """Where the images of ``split`` lie."""
+    root = Path(cfg.data.root)
+    return root / cfg.data.coco_images.format(split=split) if cfg.data.source == "coco" else root / "images" / split
+
+
+def open_split(cfg: SegmentConfig, split: str, transforms=None) -> tuple[Dataset, SegDataInfo]:
+    """The ``split`` as it is on disk (the scenes are not made here: :func:`_open` does that)."""
     data, root = cfg.data, Path(cfg.data.root)
     if data.source == "scenes":
-        scenes = scene_config(data)
-        ensure_scenes(root, scenes, progress=progress)
         num_classes = _checked_classes(cfg, len(SCENE_CLASSES), f"the scenes in {root}")
         dataset = SemanticFolder(root, split, num_classes, data.ignore_index, annotation_dir=SCENE_LABEL_DIR,
-                                 transforms=_transforms(cfg, train))
+                                 transforms=transforms)
         return dataset, SegDataInfo(num_classes, SCENE_CLASSES, data.ignore_index)
     if data.source == "ade":
         dataset = SemanticFolder(root, split, data.num_classes, data.ignore_index, data.reduce_zero_label,
-                                 data.annotation_dir, transforms=_transforms(cfg, train))
+                                 data.annotation_dir, transforms=transforms)
         names = tuple(str(c) for c in range(data.num_classes))
         return dataset, SegDataInfo(data.num_classes, names, data.ignore_index)
     annotations = root / data.coco_annotations.format(split=split)
-    dataset = CocoSemantic(annotations, root / data.coco_images.format(split=split),
-                           transforms=_transforms(cfg, train))
+    dataset = CocoSemantic(annotations, image_folder(cfg, split), transforms=transforms)
     num_classes = _checked_classes(cfg, dataset.num_classes, str(annotations))
     return dataset, SegDataInfo(num_classes, tuple(dataset.class_names), data.ignore_index)
+
+
+def _open(cfg: SegmentConfig, split: str, train: bool, progress: bool) -> tuple[Dataset, SegDataInfo]:
+    if cfg.data.source == "scenes":
+        ensure_scenes(Path(cfg.data.root), scene_config(cfg.data), progress=progress)
+    return open_split(cfg, split, _transforms(cfg, train))
 
 
 def build_datasets(cfg: SegmentConfig, progress: bool = True) -> tuple[Dataset, Dataset, SegDataInfo]:
@@ -123,5 +133,5 @@ def collate_for(multiple: int, ignore_index: int):
     return partial(pad_collate, multiple=multiple, ignore_index=ignore_index)
 
 
-__all__ = ["SCENE_CLASSES", "SegDataInfo", "build_datasets", "build_eval_dataset", "collate_for", "pad_collate",
-           "pad_images", "padded_size", "subset"]
+__all__ = ["SCENE_CLASSES", "SegDataInfo", "build_datasets", "build_eval_dataset", "collate_for", "image_folder",
+           "open_split", "pad_collate", "pad_images", "padded_size", "subset"]

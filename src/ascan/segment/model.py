@@ -33,6 +33,8 @@ from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
 from torch import nn
 
 import ascan.models  # noqa: F401  (registers the ascan models in timm)
+from ascan.factory import create_model, probe_model
+from ascan.model_kwargs import check_model_kwargs
 
 __all__ = ["PROTOCOLS", "PatentEncoder", "SegmenterCfg", "Segmenter", "ThreeLevelUPerNetDecoder",
            "build_segmenter", "feature_reductions"]
@@ -80,26 +82,18 @@ def _check_range(name: str, value: object, low: int, high: int | None) -> None:
 
 
 def feature_reductions(backbone: str, in_chans: int = 3, **backbone_kwargs) -> list[int]:
-    """Strides of every feature level timm's ``features_only`` offers (built on the meta device: no memory).
-
-    A model whose constructor computes on its weights (neonext's fixed NeoCell matrices) cannot be built on
-    the meta device; it is then built on the CPU once.
-    """
-    try:
-        with torch.device("meta"):
-            probe = timm.create_model(backbone, features_only=True, in_chans=in_chans, **backbone_kwargs)
-    except NotImplementedError:  # "Cannot copy out of meta tensor"
-        probe = timm.create_model(backbone, features_only=True, in_chans=in_chans, **backbone_kwargs)
+    """Strides of every feature level timm's ``features_only`` offers (a probe: no weights in memory)."""
+    probe = probe_model(backbone, features_only=True, in_chans=in_chans, **backbone_kwargs)
     return list(probe.feature_info.reduction())
 
 
 class PatentEncoder(nn.Module):
     """timm backbone with ``features_only=True`` returning only its last three levels (S2–S4), as NCHW."""
 
-    def __init__(self, backbone: str, in_chans: int, backbone_kwargs: Mapping):
+    def __init__(self, backbone: str, in_chans: int, backbone_kwargs: Mapping, kwargs_key: str = "backbone_kwargs"):
         super().__init__()
-        self.model = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=PATENT_LEVELS,
-                                       in_chans=in_chans, **backbone_kwargs)
+        self.model = create_model(backbone, backbone_kwargs, key=kwargs_key, features_only=True,
+                                  out_indices=PATENT_LEVELS, in_chans=in_chans)
         levels = len(self.model.feature_info.info)
         if levels < PATENT_LEVELS:
             raise ValueError(f"backbone={backbone!r}: has {levels} feature levels; protocol 'patent' needs "
@@ -159,6 +153,13 @@ class Segmenter(nn.Module):
         """Input sides must be multiples of this for ascan backbones (the coarsest map's stride)."""
         return max(self.feature_strides)
 
+    # What ascan.factory.check_input_size (the one input-size rule) reads: sides must be multiples of the stride.
+    strict_input_size = True
+
+    @property
+    def reduction(self) -> int:
+        return self.size_multiple
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.classifier(self.decoder(self.encoder(x)))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -183,7 +184,9 @@ def _smp_depth(reductions: Sequence[int], backbone: str) -> tuple[int, tuple[int
     return depth, used
 
 
-def _build_smp(cfg: SegmenterCfg) -> Segmenter:
+def _build_smp(cfg: SegmenterCfg, kwargs_key: str) -> Segmenter:
+    # smp builds the timm encoder itself (out of ascan.factory's reach): the settings are checked here instead
+    check_model_kwargs(cfg.backbone, cfg.backbone_kwargs, key=kwargs_key)
     reductions = feature_reductions(cfg.backbone, cfg.in_chans, **cfg.backbone_kwargs)
     depth, used = _smp_depth(reductions, cfg.backbone)
     if cfg.backbone_kwargs and reductions != feature_reductions(cfg.backbone, cfg.in_chans):
@@ -196,8 +199,9 @@ def _build_smp(cfg: SegmenterCfg) -> Segmenter:
     return Segmenter(cfg, net.encoder, net.decoder, net.segmentation_head, used)
 
 
-def _build_patent(cfg: SegmenterCfg) -> Segmenter:
-    encoder = PatentEncoder(cfg.backbone, cfg.in_chans, cfg.backbone_kwargs)
+def _build_patent(cfg: SegmenterCfg, kwargs_key: str) -> Segmenter:
+    feature_reductions(cfg.backbone, cfg.in_chans, **cfg.backbone_kwargs)  # library misuse: a ValueError, here
+    encoder = PatentEncoder(cfg.backbone, cfg.in_chans, cfg.backbone_kwargs, kwargs_key)
     decoder = ThreeLevelUPerNetDecoder(encoder.out_channels, cfg.decoder_channels)
     classifier = SegmentationHead(cfg.decoder_channels, cfg.num_classes, kernel_size=CLASSIFIER_KERNEL)
     initialize_decoder(decoder)  # smp's own initialisation, as smp.UPerNet does
@@ -206,11 +210,15 @@ def _build_patent(cfg: SegmenterCfg) -> Segmenter:
 
 
 def build_segmenter(backbone: str, num_classes: int, protocol: Protocol = "smp", *, in_chans: int = 3,
-                    decoder_channels: int = 256, backbone_kwargs: Mapping | None = None) -> Segmenter:
+                    decoder_channels: int = 256, backbone_kwargs: Mapping | None = None,
+                    kwargs_key: str = "backbone_kwargs") -> Segmenter:
     """Backbone ``backbone`` (any timm name) + UPerNet, randomly initialised; see the module doc for protocols.
 
     ``backbone_kwargs`` go to ``timm.create_model`` (e.g. ``img_size=512`` for swin, ``layout=...`` for ascan);
     ``features_only``, ``out_indices``, ``pretrained``, ``in_chans`` and ``num_classes`` are set here.
+    ``backbone_kwargs`` are settings (from a config or a file: checked by :mod:`ascan.model_kwargs`, errors
+    naming ``kwargs_key``).
     """
     cfg = SegmenterCfg(backbone, num_classes, protocol, in_chans, decoder_channels, dict(backbone_kwargs or {}))
-    return _build_smp(cfg) if cfg.protocol == "smp" else _build_patent(cfg)
+    build = _build_smp if cfg.protocol == "smp" else _build_patent
+    return build(cfg, kwargs_key)

@@ -3,8 +3,8 @@
 AdamW through ``timm.optim.create_optimizer_v2`` (no weight decay on norms, biases and position tables),
 cosine schedule with linear warm-up per step, gradient clipping, model EMA, autocast, resumable atomic
 checkpoints, ``metrics.csv``/``curves.png`` — all the engine's. The run's config is stored in every
-checkpoint and, as JSON, in the exported safetensors' metadata, so ``eval``/``predict`` rebuild the model
-from either.
+checkpoint and, as JSON, in the exported safetensors' metadata (the engine's :class:`~ascan.engine.RunInfo`),
+so ``eval``/``predict``/``export`` rebuild the model from either (:func:`ascan.engine.trained.read_run`).
 """
 
 from __future__ import annotations
@@ -14,21 +14,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import timm
-
 from ascan.config import config_to_dict
 from ascan.engine import FitResult, Run, RunInfo, batches_per_epoch, build_optimizer, fit_run, open_run, seed_all
 from ascan.engine.backbone_init import start_backbone
 from ascan.errors import UserError
 from ascan.layout import LayoutError
-from ascan.model_kwargs import check_model_kwargs
 from ascan.segment.config import SegmentConfig
 from ascan.segment.data import SegDataInfo, build_datasets
 from ascan.segment.model import Segmenter, build_segmenter
 from ascan.segment.task import SegmentationTask
 
 COMMAND = "ascan segment train"
-CONFIG_METADATA_KEY = "segment_config"  # the run's config (JSON) in the exported safetensors
 NUM_CLASSES_KEY = "num_classes"
 CLASS_NAMES_KEY = "class_names"
 
@@ -36,21 +32,18 @@ CLASS_NAMES_KEY = "class_names"
 def create_segmenter(cfg: SegmentConfig, num_classes: int) -> Segmenter:
     """The config's backbone + UPerNet; a bad backbone name or kwargs is a one-line UserError."""
     model = cfg.model
-    if not timm.is_model(model.backbone):
-        raise UserError(f"model.backbone {model.backbone!r} is not a timm model (see timm.list_models())")
-    check_model_kwargs(model.backbone, model.kwargs)  # the backbone's own settings only: never a file to load
     kwargs = dict(model.kwargs)
     if model.drop_path_rate:
         kwargs["drop_path_rate"] = model.drop_path_rate
     try:
         return build_segmenter(model.backbone, num_classes, model.protocol, decoder_channels=model.decoder_channels,
-                               backbone_kwargs=kwargs)
+                               backbone_kwargs=kwargs, kwargs_key="model.kwargs")
     except (ValueError, TypeError, LayoutError) as err:  # argument checks of build_segmenter / timm / layouts
         raise UserError(f"model (backbone {model.backbone}, kwargs {kwargs}): {err}") from None
 
 
 def run_info(cfg: SegmentConfig, info: SegDataInfo) -> RunInfo:
-    meta = {CONFIG_METADATA_KEY: json.dumps(config_to_dict(cfg)), NUM_CLASSES_KEY: str(info.num_classes),
+    meta = {NUM_CLASSES_KEY: str(info.num_classes),
             CLASS_NAMES_KEY: json.dumps(list(info.class_names)), "backbone": cfg.model.backbone,
             "protocol": cfg.model.protocol}
     return RunInfo(title=f"{COMMAND}: {cfg.model.backbone} + UPerNet ({cfg.model.protocol}) on {cfg.data.source}",
@@ -92,4 +85,4 @@ def train(cfg: SegmentConfig, resume: str | Path | None = None, overwrite: bool 
         return _train(cfg, run, step_callback)
 
 
-__all__ = ["CLASS_NAMES_KEY", "CONFIG_METADATA_KEY", "NUM_CLASSES_KEY", "create_segmenter", "run_info", "train"]
+__all__ = ["CLASS_NAMES_KEY", "NUM_CLASSES_KEY", "create_segmenter", "run_info", "train"]

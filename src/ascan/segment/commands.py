@@ -1,0 +1,65 @@
+"""What the dense tasks' ``eval`` / ``predict`` / ``export`` commands share (``ascan segment`` and ``ascan detect``):
+how a precision is named, where predictions go by default, the output names of a ``predict``, and a backbone's
+tables fixed at the export size."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ascan.data.images import output_paths
+from ascan.errors import UserError
+
+PREDICTIONS_FOLDER = "predictions"
+CHECKPOINT_SUFFIXES = (".pt", ".safetensors")
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How eval names the precision it scored in: ``fp32`` or ``bf16 autocast``."""
+    return "fp32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
+
+
+def default_prediction_folder(task: str, run: str | Path) -> Path:
+    """``predictions/<task>-<run name>`` (``predictions/segment-scenes`` for ``runs/segment-scenes``)."""
+    path = Path(run)
+    name = (path.parent if path.suffix in CHECKPOINT_SUFFIXES else path).resolve().name
+    return Path(PREDICTIONS_FOLDER) / (name if name.startswith(f"{task}-") else f"{task}-{name}")
+
+
+def prediction_paths(files: list[Path], out_dir: Path, tag: str, overwrite: bool) -> list[Path]:
+    """:func:`ascan.data.images.output_paths` (distinct, never an input, never an existing file); with
+    ``overwrite`` an existing output may be replaced — an input never is."""
+    if not overwrite:
+        return output_paths(files, out_dir, tag=tag)
+    with tempfile.TemporaryDirectory() as empty:  # the same names, without the existing-file check
+        names = [path.name for path in output_paths(files, Path(empty), tag=tag)]
+    inputs = {file.resolve() for file in files}
+    paths = [out_dir / name for name in names]
+    for path in paths:
+        if path.resolve() in inputs:
+            raise UserError(f"{path} is one of the inputs: choose another --output folder")
+    return paths
+
+
+def bake_input_size(backbone: nn.Module, size: int) -> None:
+    """Resize, in place, the relative-position tables of a timm ``features_only`` backbone to the feature maps of
+    ``size``-px inputs (as the classifier's ``set_input_size``): no table interpolation reaches an exported graph
+    (onnxruntime's cubic ``Resize`` is not PyTorch's bicubic). A backbone without tables is left as it is."""
+    from ascan.layers.rel_pos import RelPosBiasTable
+
+    feature_info = getattr(backbone, "feature_info", None)
+    children = dict(backbone.named_children())
+    for info in feature_info.info if feature_info is not None else ():
+        stage = children.get(info["module"].replace(".", "_"))  # FeatureListNet flattens "stages.0"
+        if stage is None:
+            continue
+        feat = -(-size // info["reduction"])
+        for module in stage.modules():
+            if isinstance(module, RelPosBiasTable):
+                module.set_feat_size((feat, feat))
+
+
+__all__ = ["bake_input_size", "default_prediction_folder", "precision_name", "prediction_paths"]
