@@ -34,11 +34,12 @@ def image_files(inputs: list[str], limit: int | None = None) -> list[Path]:
     return files[:limit]
 
 
-def output_paths(files: list[Path], out_dir: Path, suffix: str = ".png", tag: str = "") -> list[Path]:
+def output_paths(files: list[Path], out_dir: Path, suffix: str = ".png", tag: str = "",
+                 overwrite: bool = False) -> list[Path]:
     """``out_dir/<stem><tag><suffix>`` per input file, made distinct (``-2``, ``-3``, ...) where stems repeat.
 
-    A name that is one of the inputs or already exists in ``out_dir`` is a UserError naming it: outputs never
-    overwrite an input or an earlier output.
+    A name that is one of the inputs is a UserError naming it (outputs never overwrite an input); so is one that
+    already exists in ``out_dir`` unless ``overwrite`` (an earlier output is replaced only when asked).
     """
     inputs = {p.resolve() for p in files}
     taken: set[str] = set()
@@ -52,7 +53,7 @@ def output_paths(files: list[Path], out_dir: Path, suffix: str = ".png", tag: st
         target = out_dir / name
         if target.resolve() in inputs:
             raise UserError(f"{target} is one of the inputs: choose another --output folder")
-        if target.exists():
+        if target.exists() and not overwrite:
             raise UserError(f"{target} exists: choose a new --output folder (outputs are never overwritten)")
         paths.append(target)
     return paths

@@ -4,14 +4,12 @@ tables fixed at the export size."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ascan.data.images import output_paths
-from ascan.errors import UserError
 
 PREDICTIONS_FOLDER = "predictions"
 CHECKPOINT_SUFFIXES = (".pt", ".safetensors")
@@ -30,18 +28,8 @@ def default_prediction_folder(task: str, run: str | Path) -> Path:
 
 
 def prediction_paths(files: list[Path], out_dir: Path, tag: str, overwrite: bool) -> list[Path]:
-    """:func:`ascan.data.images.output_paths` (distinct, never an input, never an existing file); with
-    ``overwrite`` an existing output may be replaced — an input never is."""
-    if not overwrite:
-        return output_paths(files, out_dir, tag=tag)
-    with tempfile.TemporaryDirectory() as empty:  # the same names, without the existing-file check
-        names = [path.name for path in output_paths(files, Path(empty), tag=tag)]
-    inputs = {file.resolve() for file in files}
-    paths = [out_dir / name for name in names]
-    for path in paths:
-        if path.resolve() in inputs:
-            raise UserError(f"{path} is one of the inputs: choose another --output folder")
-    return paths
+    """:func:`ascan.data.images.output_paths`: distinct, never an input, an existing output only with ``overwrite``."""
+    return output_paths(files, out_dir, tag=tag, overwrite=overwrite)
 
 
 def bake_input_size(backbone: nn.Module, size: int) -> None:
