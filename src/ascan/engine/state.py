@@ -36,7 +36,10 @@ from ascan.errors import UserError
 CHECKPOINT_NAME = "last.pt"
 REQUIRED_ENTRIES = ("model", "config")  # what makes a file an ascan training checkpoint
 RESUME_ENTRIES = ("optimizer", "scaler", "epoch", "batch", "step")  # what continuing one needs besides
-_LOAD_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError)
+# What torch.load(weights_only=True) raises on a file that is not a checkpoint: a text file's bytes read as
+# pickle opcodes end in IndexError ("pop from empty list"), KeyError or TypeError inside the restricted unpickler.
+_LOAD_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError, IndexError,
+                KeyError, TypeError, AttributeError)
 
 
 def checkpoint_path(path: str | Path) -> Path:

@@ -1,0 +1,189 @@
+"""Reliability, round 3 (issue 26): a run folder cannot write outside itself, files cannot exhaust the machine,
+every fault is one line with nothing lost, and nothing is silently empty."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_fake_fashion_mnist
+
+from ascan.atomic import TEMP_MARK, atomic_write, atomic_write_text
+from ascan.classify.config import load_config
+from ascan.classify.train import train
+from ascan.cli import main as cli_main
+from ascan.engine.state import CHECKPOINT_NAME, save_checkpoint
+
+TINY_MODEL = ["model.name=ascan_nano",
+              "model.kwargs={widths: [8, 8, 16, 16], stem_width: 8, head_width: 16, "
+              "layout: C-CT-CT-T, block_kwargs: {T: {head_dim: 8}}}"]
+OUTSIDE_TEXT = "the user's own file, which ascan must never touch\n"
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    return subprocess.run([sys.executable, "-m", "ascan.cli", *argv], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def no_temporaries(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if TEMP_MARK in p.name]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fmnist")
+    write_fake_fashion_mnist(root, n_train=16, n_test=8)
+    return root
+
+
+def run_args(data_root: Path, output: Path, *extra: str) -> list[str]:
+    return [f"data.root={data_root}", f"output={output}", "data.batch_size=8", "data.eval_batch_size=8",
+            "optim.epochs=1", "progress=false", "threads=1", *TINY_MODEL, *extra]
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_root, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("finished") / "run"
+    assert train(load_config(None, run_args(data_root, folder))).completed
+    return folder
+
+
+# ---- 1. Nothing outside the run folder is written or followed -------------------------------------------------
+
+
+@pytest.mark.parametrize("planted", ["run.lock", CHECKPOINT_NAME, "metrics.csv", "summary.json",
+                                     "model.safetensors"])
+@pytest.mark.parametrize("mode", ["new", "resume", "overwrite"])
+def test_a_planted_link_in_a_run_folder_is_refused_and_its_target_untouched(finished_run, data_root, tmp_path,
+                                                                             capsys, planted, mode):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    outside = tmp_path / "outside.txt"
+    outside.write_text(OUTSIDE_TEXT)
+    (run / planted).unlink(missing_ok=True)
+    (run / planted).symlink_to(outside)
+    if mode == "new":
+        for name in ("last.pt", "summary.json"):
+            if name != planted:
+                (run / name).unlink()
+        argv = ["train", "--set", *run_args(data_root, run)]
+    elif mode == "resume":
+        argv = ["train", "--resume", str(run)]
+    else:
+        argv = ["train", "--overwrite", "--set", *run_args(data_root, run)]
+    err = one_line_error(capsys, argv)
+    if mode == "resume" and planted == CHECKPOINT_NAME:  # the checkpoint it names is read (never written): not one
+        assert f"{run / CHECKPOINT_NAME} is not a readable ascan checkpoint" in err
+    else:
+        assert f"{planted} is a symbolic link to {outside}" in err and "never follows links" in err
+    assert outside.read_text() == OUTSIDE_TEXT
+    assert (run / planted).is_symlink()
+
+
+def test_a_hard_linked_or_special_lock_is_refused(finished_run, data_root, tmp_path, capsys):
+    outside = tmp_path / "outside.txt"
+    outside.write_text(OUTSIDE_TEXT)
+    run = tmp_path / "run"
+    run.mkdir()
+    os.link(outside, run / "run.lock")
+    err = one_line_error(capsys, ["train", "--set", *run_args(data_root, run)])
+    assert "run.lock is a file with 2 hard links" in err
+    assert outside.read_text() == OUTSIDE_TEXT
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "run.lock")
+    err = one_line_error(capsys, ["train", "--set", *run_args(data_root, fifo)])
+    assert "run.lock is not a regular file" in err
+
+
+def test_the_atomic_rename_replaces_a_link_not_its_target(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text(OUTSIDE_TEXT)
+    link = tmp_path / "run" / "metrics.csv"
+    link.parent.mkdir()
+    link.symlink_to(outside)
+    atomic_write_text(link, "new")
+    assert outside.read_text() == OUTSIDE_TEXT
+    assert not link.is_symlink() and link.read_text() == "new"
+
+
+# ---- 3. Faults are one line, nothing lost ----------------------------------------------------------------------
+
+
+def test_a_torch_save_that_fails_names_the_target_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint({"step": 1}, run / CHECKPOINT_NAME)
+    before = (run / CHECKPOINT_NAME).read_bytes()
+
+    def disk_full(state, tmp):  # what torch's zip writer raises when the disk fills (measured on a tmpfs)
+        Path(tmp).write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    monkeypatch.setattr("ascan.atomic._nearly_full", lambda folder: True)
+    with pytest.raises(OSError) as info:
+        save_checkpoint({"step": 2}, run / CHECKPOINT_NAME)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(run / CHECKPOINT_NAME)
+    assert (run / CHECKPOINT_NAME).read_bytes() == before
+    assert no_temporaries(run) == []
+
+
+def test_an_oserror_inside_a_write_names_the_target_not_the_temporary(tmp_path):
+    target = tmp_path / "out.png"
+
+    def refused(tmp: str) -> None:
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), tmp)
+
+    with pytest.raises(OSError) as info:
+        atomic_write(target, refused)
+    assert info.value.filename == str(target) and TEMP_MARK not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+TMPFS_BYTES = 256 * 1024
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 256 KiB tmpfs (root only); skipped where the machine does not allow mounting."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_checkpoint_on_a_full_tmpfs_is_enospc_naming_the_path(small_tmpfs):
+    path = small_tmpfs / CHECKPOINT_NAME
+    save_checkpoint({"w": torch.zeros(8)}, path)
+    before = path.read_bytes()
+    with pytest.raises(OSError) as info:
+        save_checkpoint({"w": torch.zeros(TMPFS_BYTES)}, path)  # 1 MiB of floats: does not fit
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert path.read_bytes() == before
+    assert no_temporaries(small_tmpfs) == []
