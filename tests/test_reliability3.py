@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -161,20 +163,22 @@ TMPFS_BYTES = 256 * 1024
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 256 KiB tmpfs (root only); skipped where the machine does not allow mounting."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
+def small_tmpfs():
+    """A 256 KiB tmpfs (root only); skipped where the machine does not allow mounting. Mounted outside pytest's
+    temporary folders, which a concurrent pytest may rename while the mount is in use."""
     if shutil.which("mount") is None or os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
+    mount = Path(tempfile.mkdtemp(prefix="ascan-tmpfs-"))
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(mount)],
                           capture_output=True)
     if done.returncode:
+        mount.rmdir()
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+        mount.rmdir()
 
 
 def test_a_checkpoint_on_a_full_tmpfs_is_enospc_naming_the_path(small_tmpfs):
@@ -186,3 +190,78 @@ def test_a_checkpoint_on_a_full_tmpfs_is_enospc_naming_the_path(small_tmpfs):
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
     assert path.read_bytes() == before
     assert no_temporaries(small_tmpfs) == []
+
+
+# ---- 2. Values, not only keys --------------------------------------------------------------------------------
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True))
+ALIAS_BOMB_SECONDS = 1.0
+
+
+def test_a_yaml_alias_bomb_is_one_line_in_well_under_a_second(tmp_path, capsys):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(ALIAS_BOMB)  # 9**9 = 387 M strings once expanded
+    start = time.perf_counter()
+    err = one_line_error(capsys, ["train", "--config", str(bomb)])
+    assert time.perf_counter() - start < ALIAS_BOMB_SECONDS
+    assert f"config file {bomb}: alias *a is not allowed" in err and "line 2" in err
+    err = one_line_error(capsys, ["train", "--set", "model.kwargs={a: &x [1], b: *x}", "--print-config"])
+    assert "alias *x is not allowed" in err
+
+
+def test_a_config_that_is_a_folder_says_so(tmp_path, capsys):
+    assert "is a folder; give a YAML file" in one_line_error(capsys, ["train", "--config", str(tmp_path)])
+
+
+@pytest.mark.parametrize(("layout", "message"), [
+    ("C99999999999-T", "repeat count 99999999999 for 'C' at position 1"),
+    ("C²-T", "unknown character '²' at position 1"),
+    ("C٣-T", "unknown character '٣' at position 1"),
+    ("C-" + "T64" * 5, "more than 256 blocks in all at position 11"),
+    ("-".join("C" * 9), "more than 8 stages at position 15"),
+    ("C" * 300, "at most 256"),
+])
+def test_layout_strings_outside_the_grammar_or_its_bounds_are_one_line(data_root, tmp_path, capsys, layout, message):
+    err = one_line_error(capsys, ["train", "--set", *run_args(data_root, tmp_path / "run"),
+                                  f"model.kwargs.layout={layout}"])
+    assert message in err
+    assert not (tmp_path / "run" / CHECKPOINT_NAME).exists()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ("{widths: [100000, 100000, 100000, 100000]}", "model.kwargs.widths[0] must be an integer in [1, 8192]"),
+    ("{block_kwargs: {T: {bogus: 1}}}", "model.kwargs.block_kwargs.T.bogus is not a setting of block T"),
+    ("{block_kwargs: {T: {checkpoint_path: /x.pt}}}", "block_kwargs.T.checkpoint_path is not a setting of block T"),
+    ("{block_kwargs: {Q: {}}}", "model.kwargs.block_kwargs.Q: not a block letter"),
+    ("{stage_block_kwargs: [{C: {drop_path: 0.5}}]}", "stage_block_kwargs[0].C.drop_path is not a setting"),
+    ("{head_width: .inf}", "model.kwargs.head_width must be a finite number"),
+    ("{widths: [4096, 4096, 4096, 4096]}", "parameters, over the limit of 2,000,000,000"),
+])
+def test_model_kwargs_are_checked_by_value_at_every_depth(data_root, tmp_path, capsys, kwargs, message):
+    start = time.perf_counter()
+    err = one_line_error(capsys, ["train", "--set", *run_args(data_root, tmp_path / "run"),
+                                  f"model.kwargs={kwargs}"])
+    assert message in err
+    assert time.perf_counter() - start < 30  # refused before any allocation (a 6e9-parameter model would swap)
+
+
+def test_the_parameter_limit_is_the_users_to_set(data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ASCAN_MAX_MODEL_PARAMS", "1000")
+    err = one_line_error(capsys, ["train", "--set", *run_args(data_root, tmp_path / "run")])
+    assert "over the limit of 1,000 (set ASCAN_MAX_MODEL_PARAMS" in err
+    monkeypatch.setenv("ASCAN_MAX_MODEL_PARAMS", "lots")
+    assert "ASCAN_MAX_MODEL_PARAMS='lots' must be a number" in one_line_error(
+        capsys, ["train", "--set", *run_args(data_root, tmp_path / "run")])
+
+
+def test_huge_widths_in_a_checkpoint_config_are_refused_by_eval(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    for name in run.glob("*.safetensors"):
+        name.unlink()
+    state = torch.load(run / CHECKPOINT_NAME, weights_only=True)
+    state["config"]["model"]["kwargs"]["widths"] = [8, 8, 16, 100_000]
+    torch.save(state, run / CHECKPOINT_NAME)
+    err = one_line_error(capsys, ["eval", str(run)])
+    assert "model.kwargs.widths[3] must be an integer in [1, 8192], got 100000" in err

@@ -53,6 +53,7 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     except OSError as err:
         raise (write_refused(err, path) or err) from None
     os.close(fd)
+    refused = None
     try:
         write(tmp)
         os.chmod(tmp, _FILE_MODE & ~_umask())
@@ -60,9 +61,10 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     except BaseException as err:
         refused = write_refused(err, path)  # before the temporary goes: it is what filled the disk
         Path(tmp).unlink(missing_ok=True)
-        if refused is not None:
-            raise refused from None
-        raise
+        if refused is None:
+            raise
+    if refused is not None:  # raised here, not in the handler: the writer's frames (and its open file) go now
+        raise refused
 
 
 def _nearly_full(folder: Path) -> bool:
