@@ -4,12 +4,14 @@ every fault is one line with nothing lost, and nothing is silently empty."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -265,3 +267,112 @@ def test_huge_widths_in_a_checkpoint_config_are_refused_by_eval(finished_run, tm
     torch.save(state, run / CHECKPOINT_NAME)
     err = one_line_error(capsys, ["eval", str(run)])
     assert "model.kwargs.widths[3] must be an integer in [1, 8192], got 100000" in err
+
+
+# ---- 2. Images: decompression bombs and unreadable files ---------------------------------------------------------
+
+
+def write_png_header(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims ``width`` x ``height`` (a few dozen bytes that would decode to gigabytes)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_or_a_non_image_is_one_user_error_naming_the_file(tmp_path):
+    from ascan.data.coco import load_rgb
+    from ascan.errors import UserError
+
+    bomb = tmp_path / "bomb.png"
+    write_png_header(bomb, 100_000, 100_000)  # 10^10 pixels: over twice Pillow's limit (an error in Pillow)
+    with pytest.raises(UserError, match=f"{bomb}: refused as a decompression bomb"):
+        load_rgb(bomb)
+    warned = tmp_path / "warned.png"
+    write_png_header(warned, 10_000, 10_000)  # 10^8 pixels: over the limit, under twice it (only a warning)
+    with pytest.raises(UserError, match=f"{warned}: refused as a decompression bomb"):
+        load_rgb(warned)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(UserError, match=f"{text}: not an image Pillow can read"):
+        load_rgb(text)
+    truncated = tmp_path / "truncated.png"
+    write_png_header(truncated, 64, 64)  # a valid header, 64 bytes of pixel data for 12 KB of pixels
+    with pytest.raises(UserError, match=f"{truncated}: unreadable image"):
+        load_rgb(truncated)
+
+
+# ---- 3. Scenes: a full disk ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_fmnist(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fmnist-scenes")
+    write_fake_fashion_mnist(root, n_train=16, n_test=8)
+    return root
+
+
+SCENE_ARGS = ["--image-size", "64", "--min-scale", "16", "--max-scale", "40", "--train-scenes", "6", "--test-scenes", "2", "--no-progress"]
+
+
+def test_scenes_on_a_full_disk_is_one_line_naming_root_and_leaves_nothing(tiny_fmnist, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    saved = []
+    real_save = Image.Image.save
+
+    def save_until_full(self, fp, *args, **kwargs):
+        if len(saved) >= 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a full disk: no file name
+        saved.append(fp)
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save_until_full)
+    root = tmp_path / "scenes"
+    err = one_line_error(capsys, ["scenes", "--root", str(root), "--fashion-mnist", str(tiny_fmnist), *SCENE_ARGS])
+    assert err.endswith(f"{root}: No space left on device")
+    assert len(saved) == 3 and list(tmp_path.iterdir()) == []  # the partial folder and the lock file are gone
+
+
+def test_scenes_on_a_small_tmpfs_is_one_line_and_leaves_nothing(tiny_fmnist, small_tmpfs):
+    root = small_tmpfs / "scenes"
+    done = run_cli("scenes", "--root", str(root), "--fashion-mnist", str(tiny_fmnist), "--image-size", "256",
+                   "--train-scenes", "64", "--test-scenes", "2", "--no-progress")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"ascan scenes: error: {root}: No space left on device"
+    assert list(small_tmpfs.iterdir()) == []
+
+
+# ---- 5. No silent emptiness ----------------------------------------------------------------------------------
+
+
+def coco_set(folder: Path, annotations: list, images: bool = True) -> tuple[Path, Path]:
+    from PIL import Image
+
+    (folder / "img").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(folder / "img" / "a.png")
+    data = {"images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}] if images else [],
+            "categories": [{"id": 1, "name": "thing"}], "annotations": annotations}
+    (folder / "ann.json").write_text(json.dumps(data))
+    return folder / "ann.json", folder / "img"
+
+
+BOX = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 8, 8], "segmentation": [[2, 2, 10, 2, 10, 10]]}
+
+
+@pytest.mark.parametrize(("annotations", "images", "message"), [
+    ([], True, "'annotations' is empty; the data set has no objects"),
+    ([], False, "'images' is empty; the split has no images"),
+])
+def test_detect_train_on_an_empty_coco_set_is_one_line_naming_the_file(tmp_path, capsys, annotations, images,
+                                                                       message):
+    ann, img = coco_set(tmp_path / "coco", annotations, images)
+    good_ann, good_img = coco_set(tmp_path / "good", [BOX])
+    err = one_line_error(capsys, ["detect", "train", "--no-progress", "--set", "data.source=coco",
+                                  f"data.train_annotations={ann}", f"data.train_images={img}",
+                                  f"data.eval_annotations={good_ann}", f"data.eval_images={good_img}",
+                                  f"output={tmp_path / 'run'}"])
+    assert f"{ann}: {message}" in err
+    assert not (tmp_path / "run" / CHECKPOINT_NAME).exists()
