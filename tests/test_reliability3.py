@@ -314,7 +314,8 @@ def tiny_fmnist(tmp_path_factory) -> Path:
     return root
 
 
-SCENE_ARGS = ["--image-size", "64", "--min-scale", "16", "--max-scale", "40", "--train-scenes", "6", "--test-scenes", "2", "--no-progress"]
+SCENE_ARGS = ["--image-size", "64", "--min-scale", "16", "--max-scale", "40", "--train-scenes", "6",
+              "--test-scenes", "2", "--no-progress"]
 
 
 def test_scenes_on_a_full_disk_is_one_line_naming_root_and_leaves_nothing(tiny_fmnist, tmp_path, capsys, monkeypatch):
