@@ -225,15 +225,17 @@ def main(argv: list[str]) -> int:
     import optuna
 
     from ascan.search.latency import TimingPlan
-    from ascan.search.study import BUDGET_ATTR, make_objective, open_study, run_worker, sqlite_url
+    from ascan.search.study import BUDGET_ATTR, check_storage, make_objective, open_study, run_worker, sqlite_url
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = args.storage or sqlite_url(out / DB_NAME)
+    if args.phase != "validate":  # before minutes of latency measurement: a bad URL or study file is one line now
+        check_storage(url, "--storage" if args.storage else "study file")
     plan = TimingPlan(repeats=args.timing_repeats)
     table = _table(out, latency_setting(args, proxy), priors, plan, args.reference)
     if args.phase == "validate":
         validate_phase(out, table, latency_setting(args, proxy), priors, plan, args.validate_layouts, args.reference)
         return 0
-    url = args.storage or sqlite_url(out / DB_NAME)
     budget = args.budget_ms if args.budget_ms is not None else (
         args.budget_ratio * table.predict_ms(args.reference) if args.budget_ratio is not None else None)
     cands = candidates(priors, table, budget) if budget is not None else None
@@ -246,7 +248,7 @@ def main(argv: list[str]) -> int:
           f"under {budget:.1f} ms predicted; {len(study.trials)} trials so far")
     if args.phase in ("all", "trials"):
         objective = make_objective(study, url, table.predict_ms, budget, proxy_objective(out, proxy))
-        run_worker(study, objective, args.trials)
+        run_worker(study, objective, args.trials, url=url)
     if args.phase in ("all", "report"):
         report_phase(args, out, study, table, proxy, plan)
     return 0
