@@ -9,9 +9,9 @@ The study lives in a database: SQLite in the search folder by default, any SQLAl
 ``--storage`` (e.g. ``postgresql://user@host/db`` for workers on several machines; SQLite over a network
 file system is unsafe). A killed worker loses nothing: its running trial stops beating, and a live worker marks
 it failed after :data:`GRACE_S` (Optuna's heartbeat) and re-queues its layout
-(``RetryHeartbeatStaleTrialCallback``), which the next free worker trains first. ``--trials N`` counts *distinct trained layouts*: a trial closed as a duplicate
-does not count, and when TPE suggests a taken layout an untaken one is queued, so every worker keeps training new
-layouts until N are done (or the candidates run out).
+(``RetryHeartbeatStaleTrialCallback``), which the next free worker trains first. ``--trials N`` counts
+*distinct trained layouts*: a trial closed as a duplicate does not count, and when TPE suggests a taken layout an
+untaken one is queued, so every worker keeps training new layouts until N are done (or the candidates run out).
 
 Two workers must never train the same layout: before training, a trial claims its layout in a
 ``ascan_layout_claims`` table (``layout`` is the primary key) in the same database; an insert that
