@@ -93,7 +93,7 @@ def test_a_planted_link_in_a_run_folder_is_refused_and_its_target_untouched(fini
         argv = ["train", "--overwrite", "--set", *run_args(data_root, run)]
     err = one_line_error(capsys, argv)
     if mode == "resume" and planted == CHECKPOINT_NAME:  # the checkpoint it names is read (never written): not one
-        assert f"{run / CHECKPOINT_NAME} is not a readable ascan checkpoint" in err
+        assert f"{run / CHECKPOINT_NAME} is not a readable ascan checkpoint (not a torch.save archive)" in err
     else:
         assert f"{planted} is a symbolic link to {outside}" in err and "never follows links" in err
     assert outside.read_text() == OUTSIDE_TEXT

@@ -57,6 +57,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = checkpoint_path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else (a YAML, a log) is not one
+        raise UserError(f"{path} is not a readable ascan checkpoint (not a torch.save archive); give a run folder, its "
+                        f"{CHECKPOINT_NAME} or a .safetensors weights file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except _LOAD_ERRORS as err:
