@@ -324,7 +324,9 @@ def _build_lock(root: Path) -> Iterator[None]:
     except OSError as err:
         if err.errno == errno.ELOOP:  # a planted link: never followed out of the folder
             raise UserError(f"{path} is a symbolic link; ascan never follows links when writing (remove it)") from None
-        raise
+        from ascan.atomic import write_refused
+
+        raise (write_refused(err, root) or err) from None  # name the --root the user gave, not the lock file
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
