@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -203,20 +204,16 @@ def max_image_pixels() -> int:
     return int(Image.MAX_IMAGE_PIXELS or 0) or np.iinfo(np.int64).max
 
 
-def load_rgb(path: Path, width: int | None = None, height: int | None = None) -> tv_tensors.Image:
-    """An image file as a uint8 ``tv_tensors.Image`` [3, H, W]; a size other than the expected one is an error.
-
-    Every image ascan reads comes through here: a file Pillow cannot read, a truncated one, or one whose header
-    claims more pixels than :func:`max_image_pixels` (a decompression bomb: a few KB that decode to gigabytes)
-    is one UserError naming the file, before any pixel is decoded.
-    """
+@contextmanager
+def open_image(path: Path) -> Iterator[Image.Image]:
+    """``Image.open(path)`` for every image ascan reads: a file Pillow cannot read, a truncated one, or one whose
+    header claims more pixels than :func:`max_image_pixels` (a decompression bomb: a few KB that decode to
+    gigabytes; Pillow's warning range included) is one UserError naming the file, before any pixel is decoded."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                if width is not None and img.size != (width, height):
-                    raise UserError(f"{path}: image is {img.size[0]}x{img.size[1]}, annotations say {width}x{height}")
-                rgb = np.asarray(img.convert("RGB"))
+                yield img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise UserError(f"{path}: refused as a decompression bomb ({err})") from None
     except UnidentifiedImageError:
@@ -224,6 +221,15 @@ def load_rgb(path: Path, width: int | None = None, height: int | None = None) ->
     except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data (PIL raises all three)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(f"{path}: unreadable image ({first[:160]})") from None
+
+
+def load_rgb(path: Path, width: int | None = None, height: int | None = None) -> tv_tensors.Image:
+    """An image file (through :func:`open_image`) as a uint8 ``tv_tensors.Image`` [3, H, W]; a size other than the
+    expected one is an error."""
+    with open_image(path) as img:
+        if width is not None and img.size != (width, height):
+            raise UserError(f"{path}: image is {img.size[0]}x{img.size[1]}, annotations say {width}x{height}")
+        rgb = np.asarray(img.convert("RGB"))
     return tv_tensors.Image(torch.from_numpy(rgb.copy()).permute(2, 0, 1))
 
 
