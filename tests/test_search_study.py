@@ -155,3 +155,19 @@ def test_trials_counts_distinct_layouts_not_duplicates(tmp_path) -> None:
 
     run_worker(study, make_objective(study, url, lambda lay: 1.0, 100.0, train), 3)
     assert sorted(trained) == sorted(few)
+
+
+def test_a_full_study_database_is_one_user_error_naming_the_storage(tmp_path) -> None:
+    """SQLite on a full disk raises ``OperationalError('database or disk is full')`` from inside Optuna."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from ascan.errors import UserError
+    from ascan.search.study import database_errors
+
+    url = sqlite_url(tmp_path / "study.db")
+    full = sqlite3.OperationalError("database or disk is full")
+    with pytest.raises(UserError, match=rf"study database {url}: database or disk is full; finished trials are kept"):
+        with database_errors(url):
+            raise sa.exc.OperationalError("INSERT INTO trials", {}, full)

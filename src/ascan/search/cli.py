@@ -225,7 +225,15 @@ def main(argv: list[str]) -> int:
     import optuna
 
     from ascan.search.latency import TimingPlan
-    from ascan.search.study import BUDGET_ATTR, check_storage, make_objective, open_study, run_worker, sqlite_url
+    from ascan.search.study import (
+        BUDGET_ATTR,
+        check_storage,
+        database_errors,
+        make_objective,
+        open_study,
+        run_worker,
+        sqlite_url,
+    )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = args.storage or sqlite_url(out / DB_NAME)
@@ -242,13 +250,15 @@ def main(argv: list[str]) -> int:
     if cands is not None and not cands:
         raise UserError(f"no layout under the priors is predicted within {budget:.1f} ms "
                         f"(the reference {args.reference} is {table.predict_ms(args.reference):.1f} ms)")
-    study = open_study(url, args.study_name, cands, budget, seed=args.seed)
+    with database_errors(url):
+        study = open_study(url, args.study_name, cands, budget, seed=args.seed)
     budget = study.user_attrs.get(BUDGET_ATTR, budget)
     print(f"ascan search: study {args.study_name!r} at {url}: {len(study.user_attrs['candidates'])} candidates "
           f"under {budget:.1f} ms predicted; {len(study.trials)} trials so far")
     if args.phase in ("all", "trials"):
         objective = make_objective(study, url, table.predict_ms, budget, proxy_objective(out, proxy))
-        run_worker(study, objective, args.trials, url=url)
+        with database_errors(url):
+            run_worker(study, objective, args.trials, url=url)
     if args.phase in ("all", "report"):
         report_phase(args, out, study, table, proxy, plan)
     return 0

@@ -26,7 +26,8 @@ import json
 import os
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,18 @@ def open_study(url: str, name: str, candidates: list[str] | None, budget_ms: flo
         study.set_user_attr(BUDGET_ATTR, budget_ms)
     _claims(url).create_all(sa.create_engine(url), checkfirst=True)
     return study
+
+
+@contextmanager
+def database_errors(url: str) -> Iterator[None]:
+    """A failure of the study database while the search runs (a full disk, a lost server, a locked file) as one
+    UserError naming the storage; the trials already stored stay (each is its own transaction)."""
+    try:
+        yield
+    except sa.exc.OperationalError as err:
+        first = (str(err.orig if err.orig is not None else err).strip().splitlines() or ["database error"])[0]
+        raise UserError(f"study database {url}: {first[:200]}; finished trials are kept, continue with --resume") \
+            from None
 
 
 def study_candidates(study: optuna.Study) -> list[str]:
