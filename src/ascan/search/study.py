@@ -26,6 +26,7 @@ import json
 import os
 import random
 import socket
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,7 +56,9 @@ def sqlite_url(path: str | Path) -> str:
 
 
 def _storage(url: str, heartbeat_s: int, grace_s: int) -> optuna.storages.RDBStorage:
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+    with warnings.catch_warnings():  # experimental since Optuna 2.8; the user has nothing to do about it
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
     return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
                                       heartbeat_stale_trial_callback=retry,
                                       engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite")
