@@ -64,3 +64,29 @@ def test_finalists_come_from_complete_trials_only() -> None:
               trial("C-C-T-T", 99.0, TrialState.PRUNED, {0: 99.0}), trial("C-T-T-T", 90.0, TrialState.COMPLETE)]
     assert best_layouts(trials, 2) == ["C-T-T-T", "C-C-C-T"]
     assert best_layouts(trials, 5) == ["C-T-T-T", "C-C-C-T", "C-C-C-C"]
+
+
+@pytest.mark.parametrize("storage, message", [
+    ("nosuchdb://host/db", "is not a database URL ascan can open"),
+    ("sqlite:////nonexistent-folder/ascan/study.db", "cannot open the study database"),
+    ("postgresql://nobody@127.0.0.1:1/db", "--storage 'postgresql://nobody@127.0.0.1:1/db'"),
+    ("not a url at all", "is not a database URL ascan can open"),
+])
+def test_a_bad_storage_is_one_line_before_any_latency_measurement(tmp_path, capsys, monkeypatch, storage,
+                                                                     message) -> None:
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("the latency table was measured before the storage was checked")
+
+    monkeypatch.setattr("ascan.search.cli._table", no_measuring)
+    assert main(["search", "--output", str(tmp_path / "s"), "--budget-ms", "50", "--storage", storage]) == \
+        EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_study_file_that_is_not_a_database_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("ascan.search.cli._table", lambda *a, **k: pytest.fail("measured before the check"))
+    (tmp_path / "study.db").write_text("these are my notes, not a database\n" * 100)
+    assert main(["search", "--output", str(tmp_path), "--resume"]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "study file" in err and "file is not a database" in err and err.count("\n") == 1

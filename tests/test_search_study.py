@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 
 from ascan.search.study import Claims, open_study, sqlite_url, trained_trials
 
@@ -59,7 +60,7 @@ def test_two_workers_never_evaluate_the_same_layout(tmp_path) -> None:
     evaluated = log.read_text().split()
     assert len(evaluated) == len(set(evaluated)) >= 5  # every training ran on a layout no one else trained
     study = _load(url)
-    workers_seen = {t.user_attrs["worker"] for t in study.trials}
+    workers_seen = {t.user_attrs["worker"] for t in study.trials if t.state != optuna.trial.TrialState.WAITING}
     assert len(workers_seen) == 2  # both really worked on the study
     trained = [t.user_attrs["layout"] for t in trained_trials(study)]
     assert sorted(trained) == sorted(evaluated)
@@ -108,3 +109,65 @@ def test_a_trial_killed_before_it_claimed_a_layout_is_failed_on_the_next_start(t
     assert fail_unclaimed_orphans(study, grace_s=0) == [orphan.number]
     states = {t.number: t.state for t in study.trials}
     assert states == {orphan.number: optuna.trial.TrialState.FAIL, claimed.number: optuna.trial.TrialState.RUNNING}
+
+
+@pytest.mark.slow  # ~30 s: a worker start, a kill, the heartbeat grace, six trials
+def test_kill_9_of_one_of_two_workers_loses_no_layout_and_trials_counts_distinct_layouts(tmp_path) -> None:
+    """Worker A is killed while training; its trial is failed once stale and its layout re-queued, and worker B
+    trains it. ``--trials N`` means N distinct trained layouts: duplicates do not count."""
+    url = sqlite_url(tmp_path / "study.db")
+    open_study(url, "s", CANDIDATES, 100.0)
+    log = tmp_path / "evaluated.txt"
+    n = 6
+    victim = _worker(tmp_path, url, log, n, 30.0)  # trains slowly: killed in the middle of its first layout
+    deadline = time.time() + 60
+    killed_layout = None
+    while time.time() < deadline and killed_layout is None:
+        running = [t for t in _load(url).trials if t.state == optuna.trial.TrialState.RUNNING
+                   and t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
+        killed_layout = running[0].user_attrs["layout"] if running else None
+        time.sleep(0.1)
+    assert killed_layout is not None
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert _worker(tmp_path, url, log, n, 0.5).wait(timeout=120) == 0
+    study = _load(url)
+    evaluated = log.read_text().split()
+    assert killed_layout in evaluated  # the dead worker's layout was trained by the live one
+    assert len(evaluated) == len(set(evaluated))  # and nothing twice
+    trained = {t.user_attrs["layout"] for t in trained_trials(study)}
+    assert trained == set(evaluated) and len(trained) >= n
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_trials_counts_distinct_layouts_not_duplicates(tmp_path) -> None:
+    """Three candidates, three trials asked: all three layouts are trained, whatever TPE suggests twice."""
+    url = sqlite_url(tmp_path / "study.db")
+    few = CANDIDATES[:3]
+    study = open_study(url, "s", few, 100.0, seed=0)
+    trained: list[str] = []
+
+    def train(trial, layout):
+        trained.append(layout)
+        return 1.0  # a flat objective: TPE keeps suggesting what it has seen
+
+    from ascan.search.study import make_objective, run_worker
+
+    run_worker(study, make_objective(study, url, lambda lay: 1.0, 100.0, train), 3)
+    assert sorted(trained) == sorted(few)
+
+
+def test_a_full_study_database_is_one_user_error_naming_the_storage(tmp_path) -> None:
+    """SQLite on a full disk raises ``OperationalError('database or disk is full')`` from inside Optuna."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from ascan.errors import UserError
+    from ascan.search.study import database_errors
+
+    url = sqlite_url(tmp_path / "study.db")
+    full = sqlite3.OperationalError("database or disk is full")
+    with pytest.raises(UserError, match=rf"study database {url}: database or disk is full; finished trials are kept"):
+        with database_errors(url):
+            raise sa.exc.OperationalError("INSERT INTO trials", {}, full)

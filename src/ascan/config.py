@@ -221,7 +221,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise UserError(f"override {text!r} has an empty key part")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_load_no_aliases(raw, f"override {text!r}") if raw.strip() else None
     except yaml.YAMLError as err:
         raise UserError(f"override {text!r}: value is not valid YAML ({err.__class__.__name__})") from None
     if isinstance(value, str) and _looks_numeric(value):  # YAML 1.1 reads '1e-3' as a string
@@ -255,12 +255,46 @@ def _fix_numeric_strings(node: Any) -> Any:
     return node
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a page of settings; a larger one is not one
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with aliases refused: ``*name`` re-uses a node, and nested aliases expand a
+    kilobyte file into billions of nodes (the 'billion laughs'), which hangs the loader and then the caller."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} is not allowed in an ascan config "
+                                              "(write the value out)", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def safe_load_no_aliases(text: str, origin: str) -> Any:
+    """``yaml.safe_load`` with aliases refused and at most :data:`MAX_CONFIG_BYTES`; a UserError naming ``origin``
+    otherwise. ``YAMLError``s other than an alias pass through to the caller's own message."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise UserError(f"{origin} is {len(text)} characters long; a config holds at most {MAX_CONFIG_BYTES}")
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.composer.ComposerError as err:
+        if err.problem and err.problem.startswith("alias"):
+            mark = err.problem_mark
+            raise UserError(f"{origin}: {err.problem} (line {mark.line + 1}, column {mark.column + 1})") from None
+        raise
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config file {path} is a folder; give a YAML file")
     if not path.is_file():
         raise UserError(f"config file {path} does not exist")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(f"config file {path} is {path.stat().st_size} bytes; a config holds at most "
+                        f"{MAX_CONFIG_BYTES}")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = safe_load_no_aliases(path.read_text(errors="replace"), f"config file {path}")
     except yaml.YAMLError as err:
         raise UserError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if values is not None and not isinstance(values, dict):

@@ -14,6 +14,12 @@ from dataclasses import dataclass
 from ascan.layers.registry import BLOCKS
 
 STAGE_SEPARATOR = "-"
+DIGITS = "0123456789"  # ASCII only: str.isdigit() also takes '²' and '٣', which int() then reads or refuses
+# Bounds that keep a layout read from a file from exhausting the machine (AsCAN-L has 32 blocks in 4 stages).
+MAX_LAYOUT_CHARS = 256
+MAX_STAGES = 8
+MAX_REPEAT = 64  # one letter's repeat count
+MAX_BLOCKS = 256  # blocks in the whole network
 # Paper ([0022], [0037]): an asymmetric stage has 60-90 % of one block type.
 ASYMMETRY_RANGE = (0.6, 0.9)
 
@@ -34,6 +40,10 @@ def parse_layout(layout: str, letters: Iterable[str] | None = None) -> Layout:
     known = set(BLOCKS if letters is None else letters)
     if not layout:
         raise LayoutError("layout is empty; expected stages like 'CC-CCCT-CCTT-CTTT'")
+    if len(layout) > MAX_LAYOUT_CHARS:
+        raise LayoutError(f"layout is {len(layout)} characters long; at most {MAX_LAYOUT_CHARS} "
+                          f"(it starts {layout[:24]!r})")
+    total = 0
     stages: list[tuple[str, ...]] = []
     current: list[str] = []
     pos = 0
@@ -44,17 +54,25 @@ def parse_layout(layout: str, letters: Iterable[str] | None = None) -> Layout:
                 raise LayoutError(f"empty stage {len(stages) + 1} at position {pos} in {layout!r}")
             stages.append(tuple(current))
             current = []
+            if len(stages) >= MAX_STAGES:
+                raise LayoutError(f"more than {MAX_STAGES} stages at position {pos} in {layout!r}")
             pos += 1
         elif ch in known:
             end = pos + 1
-            while end < len(layout) and layout[end].isdigit():
+            while end < len(layout) and layout[end] in DIGITS:
                 end += 1
             count = int(layout[pos + 1 : end]) if end > pos + 1 else 1
             if count == 0:
                 raise LayoutError(f"repeat count 0 for {ch!r} at position {pos + 1} in {layout!r}")
+            if count > MAX_REPEAT:
+                raise LayoutError(f"repeat count {count} for {ch!r} at position {pos + 1} in {layout!r} is over "
+                                  f"the limit of {MAX_REPEAT}")
+            total += count
+            if total > MAX_BLOCKS:
+                raise LayoutError(f"more than {MAX_BLOCKS} blocks in all at position {pos} in {layout!r}")
             current.extend(ch * count)
             pos = end
-        elif ch.isdigit():
+        elif ch in DIGITS:
             raise LayoutError(f"repeat count at position {pos} in {layout!r} does not follow a block letter")
         else:
             expected = ", ".join(sorted(known)) + f" or {STAGE_SEPARATOR!r}"

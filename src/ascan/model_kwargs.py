@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import timm
@@ -129,6 +131,130 @@ def check_model_kwargs(name: str, kwargs: Any, origin: str | None = None, key: s
         if problem:
             raise UserError(f"{where}{key}.{item} must be plain data (str, number, bool, null, list, mapping), "
                             f"got {problem}")
+    check_model_kwarg_values(name, kwargs, where, key)
+
+
+# ---- Values, not only keys (issue 26) ------------------------------------------------------------------------
+
+MAX_NODES = 10_000  # scalars, list items and mapping entries in one model's kwargs, all depths together
+MAX_STRING_CHARS = 1024
+MAX_ABS_NUMBER = 2**31  # any number anywhere in the kwargs (widths, sizes, counts, ratios)
+SIZE_RANGE = (1, 8192)  # widths, stem_width (head_width may also be 0: no head projection), head_dim
+STRIDE_RANGE = (1, 8)
+# Named settings of this package's models and the range of each of their ints (lists: of each item).
+ASCAN_INT_RANGES = {"widths": SIZE_RANGE, "stem_width": SIZE_RANGE, "head_width": (0, SIZE_RANGE[1]),
+                    "stem_stride": STRIDE_RANGE, "stage_strides": STRIDE_RANGE, "head_dim": SIZE_RANGE,
+                    "num_heads": (1, 1024)}
+BLOCK_KWARGS_KEYS = ("block_kwargs",)  # letter -> block settings
+STAGE_BLOCK_KWARGS_KEYS = ("stage_block_kwargs",)  # a list of letter -> block settings, one per stage
+FIXED_BLOCK_ARGS = frozenset({"in_chs", "out_chs", "stride", "feat_size", "drop_path"})  # the stage passes these
+MAX_PARAMS_ENV = "ASCAN_MAX_MODEL_PARAMS"
+DEFAULT_MAX_PARAMS = 2_000_000_000  # 2e9 parameters: 8 GB of fp32 weights before an optimizer state
+
+
+def _walk(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """Every (dotted path, scalar) in a plain value."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _walk(v, f"{path}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            yield from _walk(v, f"{path}[{i}]")
+    else:
+        yield path, value
+
+
+def _check_sizes(kwargs: Mapping[str, Any], where: str, key: str) -> None:
+    nodes = 0
+    for path, value in _walk(kwargs, key):
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise UserError(f"{where}{key} holds more than {MAX_NODES} values; a model's settings are a few dozen")
+        if isinstance(value, str) and len(value) > MAX_STRING_CHARS:
+            raise UserError(f"{where}{path} is a string of {len(value)} characters; at most {MAX_STRING_CHARS}")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value) or abs(value) > MAX_ABS_NUMBER:
+                raise UserError(f"{where}{path} must be a finite number of magnitude at most {MAX_ABS_NUMBER}, "
+                                f"got {value!r}")
+            leaf = path.rsplit(".", 1)[-1].split("[", 1)[0]
+            bounds = ASCAN_INT_RANGES.get(leaf)
+            if bounds is not None and not (isinstance(value, int) and bounds[0] <= value <= bounds[1]):
+                raise UserError(f"{where}{path} must be an integer in [{bounds[0]}, {bounds[1]}], got {value!r}")
+
+
+def _block_settings(letter_map: Any, where: str, path: str) -> None:
+    """``{letter: {setting: value}}``: registered letters, each block class's own settings only."""
+    from ascan.layers.registry import BLOCKS
+
+    if not isinstance(letter_map, Mapping):
+        raise UserError(f"{where}{path} must map block letters to settings, e.g. {{T: {{head_dim: 32}}}}")
+    for letter, settings in letter_map.items():
+        if letter not in BLOCKS:
+            raise UserError(f"{where}{path}.{letter}: not a block letter; registered: {', '.join(sorted(BLOCKS))}")
+        if not isinstance(settings, Mapping):
+            raise UserError(f"{where}{path}.{letter} must be a mapping of {BLOCKS[letter].cls.__name__}'s settings")
+        allowed = init_parameters(BLOCKS[letter].cls) - FIXED_BLOCK_ARGS
+        for setting in settings:
+            if setting not in allowed:
+                raise UserError(f"{where}{path}.{letter}.{setting} is not a setting of block {letter} "
+                                f"({BLOCKS[letter].cls.__name__}); it takes {', '.join(sorted(allowed))}")
+
+
+def estimate_params(name: str, kwargs: Mapping[str, Any]) -> int | None:
+    """Parameters of ``name`` built with ``kwargs`` on the meta device (no memory); ``None`` when it cannot be
+    built there (a constructor that computes on its weights) or refuses the kwargs (the real build says why)."""
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, **kwargs)
+    except Exception:  # noqa: BLE001 - any refusal is reported by the real build, with its own message
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
+def max_model_params() -> int:
+    """The parameter limit: :data:`DEFAULT_MAX_PARAMS`, or the environment's ``ASCAN_MAX_MODEL_PARAMS`` (the user's
+    own setting, never a file's)."""
+    text = os.environ.get(MAX_PARAMS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PARAMS
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise UserError(f"{MAX_PARAMS_ENV}={text!r} must be a number of parameters, e.g. 5e9") from None
+    if value < 1:
+        raise UserError(f"{MAX_PARAMS_ENV}={text!r} must be at least 1")
+    return value
+
+
+def check_param_limit(name: str, kwargs: Mapping[str, Any], where: str = "", key: str = "model.kwargs",
+                      limit: int | None = None) -> None:
+    """A UserError, before any allocation, when ``name`` with ``kwargs`` would exceed ``limit`` parameters."""
+    limit = max_model_params() if limit is None else limit
+    count = estimate_params(name, kwargs)
+    if count is not None and count > limit:
+        raise UserError(f"{where}{name} with these {key} has {count:,} parameters, over the limit of {limit:,} "
+                        f"(set {MAX_PARAMS_ENV} to raise it if you mean it)")
+
+
+def check_model_kwarg_values(name: str, kwargs: Mapping[str, Any], where: str = "", key: str = "model.kwargs") -> None:
+    """Values at every depth: bounded sizes and numbers, declared ranges of the named settings, block settings
+    whitelisted per letter, and the parameter limit (:func:`check_param_limit`)."""
+    _check_sizes(kwargs, where, key)
+    if is_ascan_model(name):
+        for item in BLOCK_KWARGS_KEYS:
+            if item in kwargs:
+                _block_settings(kwargs[item], where, f"{key}.{item}")
+        for item in STAGE_BLOCK_KWARGS_KEYS:
+            stages = kwargs.get(item, [])
+            if not isinstance(stages, list | tuple):
+                raise UserError(f"{where}{key}.{item} must be a list of per-stage block settings")
+            for i, stage in enumerate(stages):
+                _block_settings(stage, where, f"{key}.{item}[{i}]")
+    check_param_limit(name, kwargs, where, key)
+
+
+def is_ascan_model(name: str) -> bool:
+    return timm.is_model(name) and timm.models.model_entrypoint(name).__module__.startswith(ASCAN_MODULE_PREFIX)
 
 
 # The model section of each task's config: (name attribute, kwargs attribute) — train, segment, detect.
@@ -147,4 +273,5 @@ def check_config_model_kwargs(cfg: Any, origin: str | None = None) -> None:
 
 
 __all__ = ["MODEL_SECTIONS", "WEIGHT_LOADING_KWARGS", "allowed_model_kwargs", "check_config_model_kwargs",
-           "check_model_kwargs", "init_parameters"]
+           "check_model_kwarg_values", "check_model_kwargs", "check_param_limit", "estimate_params", "init_parameters",
+           "max_model_params"]

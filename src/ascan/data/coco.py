@@ -19,13 +19,15 @@ index map (see :func:`rasterise_instances` for the order).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
@@ -110,10 +112,15 @@ def _parse_images(path: Path, data: dict, image_dir: Path) -> dict[int, _Image]:
         width, height = (_field(path, entry, img, key, int) for key in ("width", "height"))
         if width <= 0 or height <= 0:
             raise UserError(f"{path}: {entry} has size {width}x{height}, expected positive width and height")
+        if width * height > max_image_pixels():
+            raise UserError(f"{path}: {entry} has size {width}x{height}, over the limit of {max_image_pixels()} "
+                            "pixels per image")
         file = image_dir / rel
         if not file.is_file():
             raise UserError(f"{path}: {entry} file_name {name!r}: image file {file} not found")
         images[image_id] = _Image(image_id, file, width, height)
+    if not images:
+        raise UserError(f"{path}: 'images' is empty; the split has no images")
     return images
 
 
@@ -192,9 +199,34 @@ def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
     return mask_utils.decode(rle).astype(np.uint8)
 
 
+def max_image_pixels() -> int:
+    """Pixels one image may have: Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, ~89 M)."""
+    return int(Image.MAX_IMAGE_PIXELS or 0) or np.iinfo(np.int64).max
+
+
+@contextmanager
+def open_image(path: Path) -> Iterator[Image.Image]:
+    """``Image.open(path)`` for every image ascan reads: a file Pillow cannot read, a truncated one, or one whose
+    header claims more pixels than :func:`max_image_pixels` (a decompression bomb: a few KB that decode to
+    gigabytes; Pillow's warning range included) is one UserError naming the file, before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                yield img
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise UserError(f"{path}: refused as a decompression bomb ({err})") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{path}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data (PIL raises all three)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"{path}: unreadable image ({first[:160]})") from None
+
+
 def load_rgb(path: Path, width: int | None = None, height: int | None = None) -> tv_tensors.Image:
-    """An image file as a uint8 ``tv_tensors.Image`` [3, H, W]; a size other than the expected one is an error."""
-    with Image.open(path) as img:
+    """An image file (through :func:`open_image`) as a uint8 ``tv_tensors.Image`` [3, H, W]; a size other than the
+    expected one is an error."""
+    with open_image(path) as img:
         if width is not None and img.size != (width, height):
             raise UserError(f"{path}: image is {img.size[0]}x{img.size[1]}, annotations say {width}x{height}")
         rgb = np.asarray(img.convert("RGB"))
@@ -219,6 +251,9 @@ class CocoInstances(Dataset):
         self.label_to_category = {label: cat for cat, label in self.category_to_label.items()}
         self._images = _parse_images(self.annotation_file, data, self.image_dir)
         self._anns = _parse_annotations(self.annotation_file, data, self._images, self.category_to_label)
+        if not data["annotations"]:  # a detector would train on losses of 0 and score nothing: say so
+            raise UserError(f"{self.annotation_file}: 'annotations' is empty; the data set has no objects to "
+                            "learn or score")
         self.image_ids: tuple[int, ...] = tuple(self._images)
         self.transforms = transforms
 

@@ -23,6 +23,7 @@ PNGs, read back by the same loaders as a user's data (``ascan.data.coco``, ``asc
 from __future__ import annotations
 
 import colorsys
+import errno
 import fcntl
 import json
 import os
@@ -318,7 +319,14 @@ def _build_lock(root: Path) -> Iterator[None]:
     The lock file is removed by the holder when it is done (a waiter then finds the set and returns; at worst a
     caller arriving in that instant builds a second copy, which the rename into place tolerates)."""
     path = root.parent / f".{root.name}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # a planted link: never followed out of the folder
+            raise UserError(f"{path} is a symbolic link; ascan never follows links when writing (remove it)") from None
+        from ascan.atomic import write_refused
+
+        raise (write_refused(err, root) or err) from None  # name the --root the user gave, not the lock file
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -334,9 +342,19 @@ def _build_lock(root: Path) -> Iterator[None]:
 
 
 def _build(root: Path, cfg: SceneConfig, fashion_mnist_root, progress: bool) -> None:
+    """Build in a temporary folder, then rename it to ``root``; a refused write (a full disk) removes the partial
+    folder and is an ``OSError`` naming ``root`` (the folder the user gave, not the temporary one)."""
+    from ascan.atomic import write_refused
+
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
     try:
-        write_scenes(tmp, cfg, fashion_mnist_root, progress)
+        try:
+            write_scenes(tmp, cfg, fashion_mnist_root, progress)
+        except OSError as err:
+            refused = write_refused(err, root)
+            if refused is None:
+                raise
+            raise refused from None
         os.chmod(tmp, 0o777 & ~_umask())
         try:
             os.replace(tmp, root)  # replaces an empty folder; fails on a non-empty one

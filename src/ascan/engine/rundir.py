@@ -7,12 +7,19 @@ overwriting each other's checkpoints. The lock goes with the process, so a crash
 The lock is taken before the folder is looked at, so a second process is told the folder is in use (not that
 it holds a run it could resume), and the lock holder removes the temporary files of writes that a killed
 process left behind (:func:`ascan.atomic.remove_temporaries`).
+
+Nothing outside the folder is written or followed: the lock file is opened with ``O_NOFOLLOW`` and must be a
+regular file with one link, and an engine file (checkpoint, metrics, summary, weights) that is a symbolic link
+or not a regular file is refused in one line before anything is written (a folder prepared by someone else
+could otherwise point ``run.lock`` or ``last.pt`` at a file of the user's and have it overwritten).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,6 +60,40 @@ def holds_run(path: Path) -> bool:
     return any((path / name).exists() for name in RUN_MARKERS)
 
 
+def _planted(path: Path) -> list[Path]:
+    """Engine files in ``path`` that are symbolic links or not regular files."""
+    names = [path / name for name in (*ENGINE_FILES, LOCK_NAME)] + sorted(path.glob(WEIGHTS_GLOB))
+    return [p for p in names if p.is_symlink() or (p.exists() and not p.is_file())]
+
+
+def _refuse_planted(path: Path) -> None:
+    planted = _planted(path)
+    if planted:
+        first = planted[0]
+        what = f"a symbolic link to {os.readlink(first)}" if first.is_symlink() else "not a regular file"
+        raise UserError(f"run folder {path}: {first.name} is {what}; ascan writes only regular files inside a run "
+                        f"folder and never follows links out of it (remove {first})")
+
+
+def _open_lock(path: Path) -> int:
+    """``path``'s lock file, opened without following a link; a link, a non-regular or a hard-linked file is
+    refused (truncating it would change a file outside the folder)."""
+    lock = path / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            _refuse_planted(path)
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(info.st_mode) else f"a file with {info.st_nlink} hard links"
+        raise UserError(f"run folder {path}: {LOCK_NAME} is {what}; ascan writes only its own files inside a run "
+                        f"folder (remove {lock})")
+    return fd
+
+
 def _clear(path: Path) -> None:
     for name in ENGINE_FILES:
         (path / name).unlink(missing_ok=True)
@@ -64,7 +105,7 @@ def _clear(path: Path) -> None:
 def _lock(path: Path, check: Callable[[], None]) -> Iterator[None]:
     """Hold ``path``'s lock; ``check()`` runs under it, before the lock file names this process."""
     path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -100,6 +141,7 @@ def open_run_folder(path: str | Path, dist_info: DistInfo, *, resume: bool = Fal
     path = Path(path)
 
     def check() -> None:
+        _refuse_planted(path)
         if not (resume or overwrite):
             _refuse_a_held_folder(path)
 

@@ -36,7 +36,10 @@ from ascan.errors import UserError
 CHECKPOINT_NAME = "last.pt"
 REQUIRED_ENTRIES = ("model", "config")  # what makes a file an ascan training checkpoint
 RESUME_ENTRIES = ("optimizer", "scaler", "epoch", "batch", "step")  # what continuing one needs besides
-_LOAD_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError)
+# What torch.load(weights_only=True) raises on a file that is not a checkpoint: a text file's bytes read as
+# pickle opcodes end in IndexError ("pop from empty list"), KeyError or TypeError inside the restricted unpickler.
+_LOAD_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError, IndexError,
+                KeyError, TypeError, AttributeError)
 
 
 def checkpoint_path(path: str | Path) -> Path:
@@ -54,6 +57,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = checkpoint_path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else (a YAML, a log) is not one
+        raise UserError(f"{path} is not a readable ascan checkpoint (not a torch.save archive); give a run folder, its "
+                        f"{CHECKPOINT_NAME} or a .safetensors weights file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except _LOAD_ERRORS as err:

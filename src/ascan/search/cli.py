@@ -225,28 +225,40 @@ def main(argv: list[str]) -> int:
     import optuna
 
     from ascan.search.latency import TimingPlan
-    from ascan.search.study import BUDGET_ATTR, make_objective, open_study, run_worker, sqlite_url
+    from ascan.search.study import (
+        BUDGET_ATTR,
+        check_storage,
+        database_errors,
+        make_objective,
+        open_study,
+        run_worker,
+        sqlite_url,
+    )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = args.storage or sqlite_url(out / DB_NAME)
+    if args.phase != "validate":  # before minutes of latency measurement: a bad URL or study file is one line now
+        check_storage(url, "--storage" if args.storage else "study file")
     plan = TimingPlan(repeats=args.timing_repeats)
     table = _table(out, latency_setting(args, proxy), priors, plan, args.reference)
     if args.phase == "validate":
         validate_phase(out, table, latency_setting(args, proxy), priors, plan, args.validate_layouts, args.reference)
         return 0
-    url = args.storage or sqlite_url(out / DB_NAME)
     budget = args.budget_ms if args.budget_ms is not None else (
         args.budget_ratio * table.predict_ms(args.reference) if args.budget_ratio is not None else None)
     cands = candidates(priors, table, budget) if budget is not None else None
     if cands is not None and not cands:
         raise UserError(f"no layout under the priors is predicted within {budget:.1f} ms "
                         f"(the reference {args.reference} is {table.predict_ms(args.reference):.1f} ms)")
-    study = open_study(url, args.study_name, cands, budget, seed=args.seed)
+    with database_errors(url):
+        study = open_study(url, args.study_name, cands, budget, seed=args.seed)
     budget = study.user_attrs.get(BUDGET_ATTR, budget)
     print(f"ascan search: study {args.study_name!r} at {url}: {len(study.user_attrs['candidates'])} candidates "
           f"under {budget:.1f} ms predicted; {len(study.trials)} trials so far")
     if args.phase in ("all", "trials"):
         objective = make_objective(study, url, table.predict_ms, budget, proxy_objective(out, proxy))
-        run_worker(study, objective, args.trials)
+        with database_errors(url):
+            run_worker(study, objective, args.trials, url=url)
     if args.phase in ("all", "report"):
         report_phase(args, out, study, table, proxy, plan)
     return 0
