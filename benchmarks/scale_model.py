@@ -53,8 +53,8 @@ class Activations:
     fixed: float
 
 
-def saved_bytes(model: torch.nn.Module, images: torch.Tensor, bf16: bool) -> tuple[int, int]:
-    """(bytes kept for backward by one forward, the largest single block's share of them)."""
+def saved_bytes(model: torch.nn.Module, images: torch.Tensor, bf16: bool) -> tuple[int, list[int]]:
+    """(bytes kept for backward by one forward, each block's share of them)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
@@ -81,15 +81,16 @@ def saved_bytes(model: torch.nn.Module, images: torch.Tensor, bf16: bool) -> tup
     finally:
         for handle in handles:
             handle.remove()
-    return sum(seen.values()), max(block_bytes)
+    return sum(seen.values()), block_bytes
 
 
 def activations(model: torch.nn.Module, size: int, bf16: bool, checkpointing: bool) -> tuple[Activations, float]:
     """Per-image and fixed saved bytes (from batches 1 and 2), and the largest block's per-image share."""
     model.set_grad_checkpointing(checkpointing)
-    one, peak_one = saved_bytes(model, torch.randn(1, 3, size, size), bf16)
-    two, peak_two = saved_bytes(model, torch.randn(2, 3, size, size), bf16)
-    return Activations(two - one, 2 * one - two), peak_two - peak_one
+    one, blocks_one = saved_bytes(model, torch.randn(1, 3, size, size), bf16)
+    two, blocks_two = saved_bytes(model, torch.randn(2, 3, size, size), bf16)
+    largest_block = max((b2 - b1 for b1, b2 in zip(blocks_one, blocks_two, strict=True)), default=0)
+    return Activations(two - one, 2 * one - two), largest_block
 
 
 def measure(name: str, size: int, count_macs: bool) -> dict:
