@@ -28,6 +28,8 @@ from ascan.data.shards import (
     array_source,
     fashion_mnist_source,
     imagefolder_source,
+    round_robin_skips,
+    shards_dataset,
     tar_members,
     write_shards,
 )
@@ -106,6 +108,67 @@ def test_batches_per_worker_are_whole_and_equal_on_every_rank(tmp_path):
         lengths.append([len(labels) for _, labels in batches])
         assert len(dataset) == 12  # 40 // 3 = 13 per rank, whole batches of 4: 12
     assert lengths == [[4, 4, 4]] * 3
+
+
+@pytest.mark.parametrize("num_workers", [0, 2, 3])
+def test_resuming_mid_epoch_yields_the_rest_of_the_epoch(tmp_path, num_workers):
+    """start_batch s: the DataLoader's batches are the uninterrupted epoch's from batch s on (13 batches on 2
+    or 3 workers: some run out first; s at every offset modulo the workers)."""
+    write(tmp_path, 40, 7)
+
+    def batches(start_batch: int) -> list[list[int]]:
+        dataset = ShardDataset(tmp_path, rank=0, world_size=1, batch_size=3, shuffle_buffer=5, seed=2)
+        dataset.set_epoch(1, start_batch)
+        loader = DataLoader(dataset, batch_size=3, num_workers=num_workers, drop_last=True)
+        assert len(loader) == 13 - start_batch
+        return [[number(image) for image in images] for images, _ in loader]
+
+    full = batches(0)
+    assert len(full) == 13 and sorted(sum(full, [])) == list(range(39))
+    for start_batch in (1, 2, 5, 11, 12, 13):
+        assert batches(start_batch) == full[start_batch:]
+
+
+def test_round_robin_skips_passes_over_exhausted_workers():
+    assert round_robin_skips([2, 3], 5) == [2, 3]
+    assert round_robin_skips([2, 3], 4) == [2, 2]
+    assert round_robin_skips([1, 3, 3], 5) == [1, 2, 2]
+    with pytest.raises(ValueError):
+        round_robin_skips([1, 1], 3)
+
+
+def test_evaluation_split_reads_every_sample_once(tmp_path):
+    write(tmp_path, 40, 7)
+    per_rank = []
+    for rank in range(3):
+        dataset = ShardDataset(tmp_path, rank=rank, world_size=3, equal_epochs=False, batch_size=4)
+        batches = list(DataLoader(dataset, batch_size=4, num_workers=2))
+        per_rank.append([number(image) for images, _ in batches for image in images])
+        assert len(dataset) == len(per_rank[-1])
+    assert [len(numbers) for numbers in per_rank] == [13, 13, 14]
+    assert [sorted(numbers) for numbers in per_rank] == [list(range(0, 13)), list(range(13, 26)), list(range(26, 40))]
+
+
+def test_shards_dataset_for_training_normalizes_with_the_index_statistics(tmp_path, fake_fashion_mnist):
+    from ascan.data.datasets import FASHION_MNIST_INFO, FashionMNIST, fashion_mnist_transform
+
+    images, labels = write(tmp_path / "rgb" / "train", 10, 4)
+    dataset, info = shards_dataset(tmp_path / "rgb", "train", image_size=SIDE, train=False)
+    assert (info.num_classes, info.in_chans, info.mean, info.class_names) == (5, 3, (0.5,) * 3, CLASSES)
+    image, label = next(iter(dataset))
+    assert image.shape == (3, SIDE, SIDE) and label == labels[0]
+    assert image.dtype == torch.float32 and float(image.min()) < -1.5  # (0 - 0.5) / 0.25 = -2 is reachable
+    (tmp_path / "fm").mkdir()
+    fake_fashion_mnist(tmp_path / "fm", n_train=6, n_test=5)
+    write_shards(fashion_mnist_source(tmp_path / "fm", "test"), tmp_path / "fms" / "test", 2)
+    dataset, info = shards_dataset(tmp_path / "fms", "test", image_size=32, train=False)
+    assert info == FASHION_MNIST_INFO
+    reference = FashionMNIST(tmp_path / "fm", "test", transform=fashion_mnist_transform(32, train=False))
+    for (got, got_label), (want, want_label) in zip(dataset, reference, strict=True):
+        torch.testing.assert_close(got, want)
+        assert got_label == want_label
+    train_set, _ = shards_dataset(tmp_path / "rgb", "train", image_size=SIDE, train=True, global_batch=4)
+    assert len(train_set) == 8 and train_set.shuffle_buffer > 0  # 10 samples: two whole batches of 4
 
 
 def test_shuffle_differs_by_epoch_and_repeats_with_the_seed(tmp_path):
@@ -204,12 +267,25 @@ def test_more_ranks_than_samples_is_refused(tmp_path):
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 30), shard_size=st.integers(1, 8), world_size=st.integers(1, 3),
-       num_workers=st.integers(1, 3), batch_size=st.integers(1, 3), shuffle=st.booleans())
-def test_split_property(tmp_path_factory, n, shard_size, world_size, num_workers, batch_size, shuffle):
-    """Any sizes: each rank yields exactly per_rank = (n // world) rounded down to batches; no sample twice;
-    exactly n - world * per_rank left out; each worker's share is whole batches."""
+       num_workers=st.integers(1, 3), batch_size=st.integers(1, 3), shuffle=st.booleans(), equal=st.booleans())
+def test_split_property(tmp_path_factory, n, shard_size, world_size, num_workers, batch_size, shuffle, equal):
+    """Any sizes: with equal epochs each rank yields exactly per_rank = (n // world) rounded down to batches, and
+    exactly n - world * per_rank are left out; without, every sample once; never a sample twice; each worker's
+    share is whole batches but for the rank's last."""
     root = tmp_path_factory.mktemp("shards")
     write(root, n, shard_size)
+    if not equal:
+        seen = []
+        for rank in range(world_size):
+            dataset = ShardDataset(root, rank=rank, world_size=world_size, batch_size=batch_size,
+                                   shuffle_buffer=4 if shuffle else 0, equal_epochs=False)
+            shares = [[number(image) for image, _ in dataset.worker_samples(worker, num_workers)]
+                      for worker in range(num_workers)]
+            assert all(len(share) % batch_size == 0 for share in shares[:-1])
+            assert sum(map(len, shares)) == len(dataset)
+            seen += sum(shares, [])
+        assert sorted(seen) == list(range(n))
+        return
     per_rank = n // world_size // batch_size * batch_size
     if per_rank == 0:
         with pytest.raises(UserError):

@@ -54,6 +54,7 @@ STORED_AS_IS = ("png", "jpg", "jpeg")  # encoded files copied byte for byte; any
 PIL_MODE = {1: "L", 3: "RGB"}
 SHUFFLE_SEED_STRIDE = 100_003  # as ascan.engine.sampler: (seed, epoch) pairs map to distinct streams
 INDEX_VERSION = 1
+DEFAULT_SHUFFLE_BUFFER = 1000  # samples held per DataLoader worker: ~110 MB of ImageNet JPEGs
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,20 @@ def _default_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def round_robin_skips(batches_per_worker: list[int], skip: int) -> list[int]:
+    """How many of its batches each worker gives for the first ``skip`` batches of a DataLoader: it takes them
+    from its workers in turn, passing over a worker that has run out."""
+    if skip > sum(batches_per_worker):
+        raise ValueError(f"cannot skip {skip} of {sum(batches_per_worker)} batches")
+    taken = [0] * len(batches_per_worker)
+    while skip:
+        for worker, count in enumerate(batches_per_worker):
+            if skip and taken[worker] < count:
+                taken[worker] += 1
+                skip -= 1
+    return taken
+
+
 class ShardDataset(IterableDataset):
     """``(image, label)`` pairs from shards written by :func:`write_shards`; see the module docstring for the split.
 
@@ -320,14 +335,20 @@ class ShardDataset(IterableDataset):
     pattern of its shards. ``rank``/``world_size`` default to torch.distributed's (else 0/1). ``transform`` maps
     the decoded PIL image (``L`` or ``RGB``); without one the image is a uint8 tensor ``[C, H, W]``.
     ``shuffle_buffer`` 0 reads in written order; > 0 shuffles the shard order from ``(seed, epoch)`` and the samples
-    through a buffer of that size. ``batch_size``: each rank's share is whole batches, and each DataLoader
-    worker's too (give the DataLoader the same batch size). :meth:`set_epoch` before each epoch, as with
-    DistributedSampler. ``len()`` is this rank's samples per epoch.
+    through a buffer of that size. ``batch_size``: each DataLoader worker's share is whole batches (give the
+    DataLoader the same batch size), and with ``equal_epochs`` so is each rank's.
+
+    ``equal_epochs`` (training): every rank yields ``total // world_size`` samples, rounded down to whole batches,
+    and the rest of the epoch's stream is left out. Without it (evaluation): every sample exactly once, rank
+    ``r`` taking ``[total*r//world_size, total*(r+1)//world_size)``, the last batch possibly short.
+
+    :meth:`set_epoch` before each epoch, as with DistributedSampler; its ``start_batch`` resumes mid-epoch (the
+    batches already trained on are read but not decoded). ``len()`` is this rank's samples left in the epoch.
     """
 
     def __init__(self, root: str | Path, split: str | None = None, *, rank: int | None = None,
                  world_size: int | None = None, transform: Callable | None = None, shuffle_buffer: int = 0,
-                 seed: int = 0, epoch: int = 0, batch_size: int = 1):
+                 seed: int = 0, epoch: int = 0, batch_size: int = 1, equal_epochs: bool = True):
         if (rank is None) != (world_size is None):
             raise ValueError("give both rank and world_size, or neither")
         if rank is None:
@@ -342,16 +363,29 @@ class ShardDataset(IterableDataset):
         self.urls, self.index = shard_urls(root)
         self.rank, self.world_size, self.transform = rank, world_size, transform
         self.shuffle_buffer, self.seed, self.epoch, self.batch_size = shuffle_buffer, seed, epoch, batch_size
-        self.per_rank = self.index.total // world_size // batch_size * batch_size
-        if self.per_rank == 0:
-            raise UserError(f"{root}: {self.index.total} samples are fewer than one batch of {batch_size} "
-                            f"on each of {world_size} processes")
+        self.start_batch = 0
+        total = self.index.total
+        if equal_epochs:
+            per_rank = total // world_size // batch_size * batch_size
+            if per_rank == 0:
+                raise UserError(f"{root}: {total} samples are fewer than one batch of {batch_size} "
+                                f"on each of {world_size} processes")
+            self.rank_start, self.rank_stop = rank * per_rank, (rank + 1) * per_rank
+        else:
+            self.rank_start, self.rank_stop = total * rank // world_size, total * (rank + 1) // world_size
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """This rank's batches in a whole epoch (the last may be short without ``equal_epochs``)."""
+        return -(-(self.rank_stop - self.rank_start) // self.batch_size)
 
     def __len__(self) -> int:
-        return self.per_rank
+        return max(self.rank_stop - self.rank_start - self.start_batch * self.batch_size, 0)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch must be in [0, {self.batches_per_epoch}], got {start_batch}")
+        self.epoch, self.start_batch = epoch, start_batch
 
     def _shard_order(self) -> list[int]:
         order = list(range(len(self.urls)))
@@ -359,12 +393,20 @@ class ShardDataset(IterableDataset):
             random.Random(self.seed * SHUFFLE_SEED_STRIDE + self.epoch).shuffle(order)
         return order
 
+    def _worker_batches(self, num_workers: int) -> list[tuple[int, int]]:
+        """Each worker's batches ``[first, last)`` of this rank's epoch: contiguous runs, the extra batches (when
+        the count does not divide) to the first workers, so that the DataLoader's turn-taking over the workers
+        gives batch ``k`` from worker ``k % num_workers`` to the end (what :meth:`set_epoch` resuming relies on)."""
+        base, extra = divmod(self.batches_per_epoch, num_workers)
+        counts = [base + (worker < extra) for worker in range(num_workers)]
+        starts = list(itertools.accumulate(counts, initial=0))
+        return list(zip(starts[:-1], starts[1:], strict=True))
+
     def worker_range(self, worker: int, num_workers: int) -> tuple[int, int]:
         """Positions ``[start, stop)`` of the epoch's stream that ``worker`` of this rank reads: whole batches."""
-        batches = self.per_rank // self.batch_size
-        first, last = batches * worker // num_workers, batches * (worker + 1) // num_workers
-        base = self.rank * self.per_rank
-        return base + first * self.batch_size, base + last * self.batch_size
+        first, last = self._worker_batches(num_workers)[worker]
+        start = self.rank_start + first * self.batch_size
+        return start, min(self.rank_start + last * self.batch_size, self.rank_stop)
 
     def _read(self, start: int, stop: int) -> Iterator[dict]:
         """The raw samples at stream positions ``[start, stop)``, opening only the shards they lie in."""
@@ -412,10 +454,18 @@ class ShardDataset(IterableDataset):
         return torch.from_numpy(np.array(image)).reshape(image.height, image.width, -1).permute(2, 0, 1), label
 
     def worker_samples(self, worker: int, num_workers: int) -> Iterator[tuple[object, int]]:
-        """What DataLoader worker ``worker`` of ``num_workers`` yields this epoch (``__iter__`` in that worker)."""
+        """What DataLoader worker ``worker`` of ``num_workers`` yields this epoch (``__iter__`` in that worker).
+
+        Resumed at batch ``s``, a DataLoader still starts its turns at worker 0, whereas the next batch is stream
+        ``s % num_workers``'s: so worker ``w`` reads stream ``(w + s) % num_workers``, past its batches among the
+        first ``s``."""
+        worker = (worker + self.start_batch) % num_workers
         start, stop = self.worker_range(worker, num_workers)
         stream_seed = ((self.seed * SHUFFLE_SEED_STRIDE + self.epoch) * self.world_size + self.rank) * num_workers
-        for sample in self._shuffled(self._read(start, stop), stream_seed + worker):
+        counts = [last - first for first, last in self._worker_batches(num_workers)]
+        skip = round_robin_skips(counts, self.start_batch)[worker] * self.batch_size
+        samples = self._shuffled(self._read(start, stop), stream_seed + worker)
+        for sample in itertools.islice(samples, skip, None):  # resumed mid-epoch: read, not decoded
             yield self._decode(sample)
 
     def __iter__(self) -> Iterator[tuple[object, int]]:
@@ -423,16 +473,26 @@ class ShardDataset(IterableDataset):
         return self.worker_samples(*((info.id, info.num_workers) if info is not None else (0, 1)))
 
 
-def shards_dataset(root: str | Path | None, split: str, transform: Callable | None, *, train: bool, seed: int = 0,
-                   batch_size: int = 1, shuffle_buffer: int = 1000):
-    """``data.dataset=shards``: the ``split`` subfolder of ``root`` and its :class:`~ascan.data.datasets.DatasetInfo`
-    (classes, channels and statistics from the index). Training shuffles (shards + buffer) and splits by batch;
-    evaluation reads in order."""
-    from ascan.data.datasets import DatasetInfo
+def shards_dataset(root: str | Path | None, split: str, *, image_size: int, train: bool, aug=None,
+                   global_batch: int = 1, seed: int = 0, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER):
+    """``data.dataset=shards``: the ``split`` subfolder of ``root`` (local or a URL) and its
+    :class:`~ascan.data.datasets.DatasetInfo` (classes, channels, statistics from the index), split over
+    torch.distributed's ranks. Training: shuffled (shards + buffer), equal epochs of whole per-rank batches of
+    ``global_batch // world_size``; evaluation: in order, every sample once. RGB shards get the ImageFolder
+    pipeline, grey ones Fashion-MNIST's (the two sources ``ascan shards`` writes)."""
+    from torchvision.transforms import v2
+
+    from ascan.data.datasets import RGB_CHANNELS, DatasetInfo, fashion_mnist_transform, imagefolder_transform
 
     if root is None:
         raise UserError("data.root must name the shard folder (root/<split>/index.json), local or a URL")
-    dataset = ShardDataset(root, split, transform=transform, shuffle_buffer=shuffle_buffer if train else 0,
-                           seed=seed, batch_size=batch_size if train else 1)
+    rank, world_size = _default_rank_world()
+    dataset = ShardDataset(root, split, rank=rank, world_size=world_size, seed=seed,
+                           shuffle_buffer=shuffle_buffer if train else 0,
+                           batch_size=max(global_batch // world_size, 1) if train else 1, equal_epochs=train)
     index = dataset.index
+    if index.channels == RGB_CHANNELS:
+        dataset.transform = imagefolder_transform(image_size, train, aug, index.mean, index.std)
+    else:
+        dataset.transform = v2.Compose([v2.PILToTensor(), fashion_mnist_transform(image_size, train, aug)])
     return dataset, DatasetInfo(len(index.class_names), index.channels, index.mean, index.std, index.class_names)
