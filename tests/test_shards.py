@@ -6,10 +6,8 @@ a rank yielded; the references are the source arrays and torchvision's ImageFold
 
 import functools
 import http.server
-import io
 import re
 import shutil
-import tarfile
 import threading
 from collections import Counter
 
@@ -30,7 +28,6 @@ from ascan.data.shards import (
     imagefolder_source,
     round_robin_skips,
     shards_dataset,
-    tar_members,
     write_shards,
 )
 from ascan.data.shards_cli import main
@@ -270,8 +267,8 @@ def test_more_ranks_than_samples_is_refused(tmp_path):
        num_workers=st.integers(1, 3), batch_size=st.integers(1, 3), shuffle=st.booleans(), equal=st.booleans())
 def test_split_property(tmp_path_factory, n, shard_size, world_size, num_workers, batch_size, shuffle, equal):
     """Any sizes: with equal epochs each rank yields exactly per_rank = (n // world) rounded down to batches, and
-    exactly n - world * per_rank are left out; without, every sample once; never a sample twice; each worker's
-    share is whole batches but for the rank's last."""
+    exactly n - world * per_rank are left out; without, every sample once; never a sample twice; the workers'
+    shares are whole batches, but for the one holding the rank's last, short batch."""
     root = tmp_path_factory.mktemp("shards")
     write(root, n, shard_size)
     if not equal:
@@ -281,7 +278,7 @@ def test_split_property(tmp_path_factory, n, shard_size, world_size, num_workers
                                    shuffle_buffer=4 if shuffle else 0, equal_epochs=False)
             shares = [[number(image) for image, _ in dataset.worker_samples(worker, num_workers)]
                       for worker in range(num_workers)]
-            assert all(len(share) % batch_size == 0 for share in shares[:-1])
+            assert sum(len(share) % batch_size != 0 for share in shares) <= 1  # the rank's last batch only
             assert sum(map(len, shares)) == len(dataset)
             seen += sum(shares, [])
         assert sorted(seen) == list(range(n))
@@ -355,36 +352,13 @@ def test_cli_overwrite_replaces_only_shards(tmp_path):
                                                                   "shard-000001.tar"]
 
 
-# ---- the tar reader ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("tar_format", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
-def test_tar_members_reads_what_tarfile_reads(tmp_path, tar_format):
-    long_dir = "d" * 120 if tar_format != tarfile.USTAR_FORMAT else "d" * 90  # ustar: prefix + name, no extension
-    files = {"a.png": b"x" * 700, f"{long_dir}/k.cls": b"3", "empty.txt": b"", "é.json": b"{}"}
-    path = tmp_path / "t.tar"
-    with tarfile.open(path, "w", format=tar_format) as tar:
-        folder = tarfile.TarInfo("folder")
-        folder.type = tarfile.DIRTYPE  # a directory entry: skipped
-        tar.addfile(folder)
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), 1.5  # a float mtime: a PAX record in PAX format
-            tar.addfile(info, io.BytesIO(data))
-    with open(path, "rb") as stream:
-        got = list(tar_members(stream, "t.tar"))
-    with tarfile.open(path) as tar:
-        reference = [(m.name, tar.extractfile(m).read()) for m in tar if m.isreg()]
-    assert got == reference and len(got) == len(files)
-
-
-def test_tar_members_refuses_a_corrupt_header(tmp_path):
+def test_a_corrupt_shard_is_one_line(tmp_path):
     write(tmp_path, 2, 2)
     shard = tmp_path / "shard-000000.tar"
     data = bytearray(shard.read_bytes())
     data[5] ^= 0xFF  # a byte of the first file's name
     shard.write_bytes(bytes(data))
-    with pytest.raises(UserError, match="shard-000000.tar is not a valid tar file"):
+    with pytest.raises(UserError, match=r"shard .*shard-000000.tar is not a valid tar file \(.*checksum"):
         list(ShardDataset(tmp_path))
 
 
