@@ -262,7 +262,7 @@ def test_more_ranks_than_samples_is_refused(tmp_path):
         ShardDataset(tmp_path, rank=0, world_size=4)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 30), shard_size=st.integers(1, 8), world_size=st.integers(1, 3),
        num_workers=st.integers(1, 3), batch_size=st.integers(1, 3), shuffle=st.booleans(), equal=st.booleans())
 def test_split_property(tmp_path_factory, n, shard_size, world_size, num_workers, batch_size, shuffle, equal):
