@@ -19,8 +19,8 @@ number of samples** and DDP never waits at a last batch one rank lacks. The ``to
 the end of the epoch's stream are left out of that epoch (without shuffling: the last ones written; with
 shuffling: the tail of whichever shard comes last, a different one each epoch). Within a rank, DataLoader
 worker ``w`` takes its share of whole batches of that range, then samples pass through a shuffle buffer.
-A rank reads only the shards its range touches (at most one shard's head it skips over), so the I/O per rank
-is ``1/world_size`` of the data.
+Each worker reads only the shards its range touches, skipping over the head of its first one, so a rank reads
+``1/world_size`` of the data plus at most one shard per worker (keep shards small next to a worker's share).
 
 Shards are named relative to the index, so the folder can be a local path or any URL webdataset's ``gopen``
 reads (``http(s)://``, ``pipe:...``); a brace pattern (``.../shard-{000000..000009}.tar``) also works and
