@@ -34,7 +34,6 @@ import itertools
 import json
 import os
 import random
-import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -186,7 +185,7 @@ def _write_one_shard(path: Path, samples: list[EncodedImage], first_key: int) ->
 
     def write(tmp: str) -> None:
         # An integer mtime: the same data gives the same bytes, and no PAX header per file (a float mtime, the
-        # default, adds one, and reading it costs tarfile ~0.3 ms per sample; without, ~0.05 ms).
+        # default, adds one: twice the headers to read).
         with wds.TarWriter(tmp, encoder=False, mtime=0) as sink:
             for offset, sample in enumerate(samples):
                 sink.write({"__key__": f"{first_key + offset:0{KEY_DIGITS}d}", sample.ext: sample.data,
@@ -227,6 +226,63 @@ def write_shards(source: ShardSource, out_dir: str | Path, shard_size: int, *, p
 
 
 # ---- reading -------------------------------------------------------------------------------------------------
+
+TAR_BLOCK = 512
+TAR_REGULAR, TAR_OLD_REGULAR = b"0", b"\0"
+TAR_PAX_LOCAL, TAR_PAX_GLOBAL, TAR_GNU_LONGNAME = b"x", b"g", b"L"
+# ustar header fields (POSIX.1-1988): byte ranges of a 512-byte header block
+_NAME, _SIZE, _CHECKSUM = slice(0, 100), slice(124, 136), slice(148, 156)
+_TYPE, _PREFIX = slice(156, 157), slice(345, 500)
+
+
+def _octal(field: bytes) -> int:
+    return int(field.strip(b"\0 ") or b"0", 8)
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """``'<length> <key>=<value>\\n'`` records of a PAX header."""
+    records, at = {}, 0
+    while at < len(data):
+        length = int(data[at:data.index(b" ", at)])
+        key, _, value = data[data.index(b" ", at) + 1:at + length - 1].partition(b"=")
+        records[key.decode()] = value.decode()
+        at += length
+    return records
+
+
+def tar_members(stream, origin: str) -> Iterator[tuple[str, bytes]]:
+    """``(name, data)`` of each regular file of an uncompressed tar stream, read front to back.
+
+    Why not :mod:`tarfile` (what webdataset's ``tar_file_iterator`` wraps): its header parsing in Python costs
+    ~0.08 ms per sample of two files, as much as decoding a 64-px PNG: reading 1000 such images, ShardDataset
+    ran at 4161 img/s with it and 6203 img/s with this (median of 7 interleaved runs; ImageFolder: 4663). These
+    few lines read ustar headers with the PAX and GNU long-name extensions (what webdataset and GNU tar write).
+    Headers are checksummed: a corrupt shard is an error naming it, not garbage.
+    """
+    pending: dict[str, str] = {}
+    while len(header := stream.read(TAR_BLOCK)) == TAR_BLOCK and any(header):
+        stored = _octal(header[_CHECKSUM])
+        if stored != sum(header[:_CHECKSUM.start]) + sum(header[_CHECKSUM.stop:]) + 8 * ord(" "):
+            raise UserError(f"shard {origin} is not a valid tar file (bad header checksum)")
+        kind, size = header[_TYPE], _octal(header[_SIZE])
+        size = int(pending.get("size", size))
+        data = stream.read(size)
+        if len(data) != size:
+            raise UserError(f"shard {origin} is truncated")
+        stream.read(-size % TAR_BLOCK)
+        if kind == TAR_PAX_LOCAL:
+            pending = _pax_records(data)
+        elif kind == TAR_GNU_LONGNAME:
+            pending = {"path": data.rstrip(b"\0").decode()}
+        elif kind == TAR_PAX_GLOBAL:
+            continue
+        else:
+            if kind in (TAR_REGULAR, TAR_OLD_REGULAR):
+                prefix = header[_PREFIX].rstrip(b"\0").decode()
+                name = header[_NAME].rstrip(b"\0").decode()
+                yield pending.get("path", f"{prefix}/{name}" if prefix else name), data
+            pending = {}
+
 
 def _is_pattern(root: str) -> bool:
     return "{" in root or root.endswith(".tar")
@@ -359,7 +415,7 @@ class ShardDataset(IterableDataset):
     def _read(self, start: int, stop: int) -> Iterator[dict]:
         """The raw samples at stream positions ``[start, stop)``, opening only the shards they lie in."""
         import webdataset as wds
-        from webdataset.tariterators import group_by_keys, tar_file_iterator
+        from webdataset.tariterators import group_by_keys
 
         position = 0
         for shard in self._shard_order():
@@ -367,12 +423,9 @@ class ShardDataset(IterableDataset):
             if position + count > start and position < stop:
                 url = self.urls[shard]
                 skip, take = max(start - position, 0), min(stop, position + count) - max(start, position)
-                try:
-                    with wds.gopen(url) as stream:
-                        files = (dict(file, __url__=url) for file in tar_file_iterator(stream))
-                        yield from itertools.islice(group_by_keys(files), skip, skip + take)
-                except tarfile.TarError as err:
-                    raise UserError(f"shard {url} is not a valid tar file ({err})") from None
+                with wds.gopen(url) as stream:
+                    files = (dict(fname=name, data=data, __url__=url) for name, data in tar_members(stream, url))
+                    yield from itertools.islice(group_by_keys(files), skip, skip + take)
             position += count
             if position >= stop:
                 return
