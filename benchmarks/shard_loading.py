@@ -1,18 +1,19 @@
 """Data-loading throughput: webdataset shards (ascan.data.shards) against an ImageFolder tree of the same images.
 
-Generates ``--images`` random RGB PNGs of ``--side`` px in ``--classes`` class folders, writes them as shards of
-``--shard-size`` (``ascan.data.shards.write_shards``: the PNG bytes are copied, so both read the same files'
-bytes), then reads one epoch of each through a DataLoader (``--batch`` per batch, shuffled: ImageFolder with
-``shuffle=True``, shards by shard order + a ``--buffer`` shuffle buffer) with the same decode + ToTensor
-transform, for each ``--workers`` count. Rounds are interleaved (folder, shards, folder, shards, ...) so drift of
-a shared machine hits both alike; the table gives the median img/s of the rounds and the ratio.
+Generates ``--images`` random RGB PNGs (or ``--format jpg``) of ``--side`` px in ``--classes`` class folders,
+writes them as shards of ``--shard-size`` (``ascan.data.shards.write_shards``: the files' bytes are copied, so
+both read the same bytes), then reads one epoch of each through a DataLoader (``--batch`` per batch, shuffled:
+ImageFolder with ``shuffle=True``, shards by shard order + a ``--buffer`` shuffle buffer) with the same decode +
+ToTensor transform, for each ``--workers`` count. Rounds are interleaved (folder, shards, folder, shards, ...)
+so drift of a shared machine hits both alike; the table gives the median img/s of the rounds and the ratio.
 
 The files lie on local disk and are in the page cache after the first round: this measures what each format
 costs per image to open and decode, not a network file system (where the per-file open is what shards save).
 
 Usage::
 
-    python benchmarks/shard_loading.py --images 2000 --side 64 --workers 0 2 --rounds 5 --out /tmp/shards.json
+    python benchmarks/shard_loading.py --images 2000 --side 64 --workers 0 2 --rounds 7 --out /tmp/shards.json
+    python benchmarks/shard_loading.py --images 500 --side 256 --format jpg --batch 32 --shard-size 64 --rounds 5
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ from ascan.atomic import atomic_write_text
 from ascan.data.shards import ShardDataset, imagefolder_source, write_shards
 
 
-def make_tree(root: Path, images: int, side: int, classes: int, seed: int) -> None:
+def make_tree(root: Path, images: int, side: int, classes: int, seed: int, ext: str = "png") -> None:
     rng = np.random.default_rng(seed)
     for i in range(images):
         folder = root / f"class{i % classes:03d}"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)).save(folder / f"{i:06d}.png")
+        Image.fromarray(rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)).save(folder / f"{i:06d}.{ext}")
 
 
 def epoch_rate(loader: DataLoader) -> float:
@@ -58,6 +59,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--side", type=int, default=64)
     p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--format", choices=("png", "jpg"), default="png", help="image files (both stored as-is)")
     p.add_argument("--shard-size", type=int, default=250)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--buffer", type=int, default=500, help="shuffle buffer of the shard reader")
@@ -72,7 +74,7 @@ def main() -> None:
     rates: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tree, shards = Path(tmp) / "train", Path(tmp) / "shards"
-        make_tree(tree, args.images, args.side, args.classes, args.seed)
+        make_tree(tree, args.images, args.side, args.classes, args.seed, args.format)
         index = write_shards(imagefolder_source(tree), shards, args.shard_size)
         folder_set = ImageFolder(str(tree), transform=transform)
         for round_ in range(args.rounds):
@@ -87,7 +89,8 @@ def main() -> None:
                 for kind, loader in loaders.items():
                     rates.setdefault((kind, workers), []).append(epoch_rate(loader))
     rows = []
-    print(f"{args.images} PNGs of {args.side}px, {len(index.shards)} shards of {args.shard_size}, batch {args.batch}, "
+    print(f"{args.images} {args.format.upper()}s of {args.side}px, {len(index.shards)} shards of {args.shard_size}, "
+          f"batch {args.batch}, "
           f"{args.rounds} interleaved rounds, torch threads {args.threads}, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}")
     print(f"{'workers':>7}  {'imagefolder img/s':>17}  {'shards img/s':>12}  {'shards / folder':>15}")
