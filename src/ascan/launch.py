@@ -29,6 +29,7 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # passed on 
 NPROC_OPTION = "--nproc-per-node"
 WORKER_ENV = "WORLD_SIZE"  # set by torchrun in every worker
 ERROR_FILE_ENV = "ASCAN_LAUNCHER_ERROR_FILE"  # where a worker leaves its user error for the launcher
+OMP_THREADS_ENV = "OMP_NUM_THREADS"
 RELAY_CHUNK = 65536  # bytes read from torchrun's stderr at a time (progress bars end lines with \r, not \n)
 RELAY_DRAIN_S = 10.0  # after torchrun exits, how long the rest of its stderr may take to arrive
 
@@ -88,7 +89,8 @@ def launch(task: str, argv: list[str], nproc: int, output: str) -> int:
                "-m", "ascan.cli", task, "train", *_without_nproc(argv)]
     with tempfile.TemporaryDirectory(prefix="ascan-launch-") as scratch:
         error_file = Path(scratch) / "user-error.txt"
-        env = {**os.environ, ERROR_FILE_ENV: str(error_file)}
+        # torchrun sets OMP_NUM_THREADS=1 for its workers anyway; set here, it spares the user its 4-line banner.
+        env = {OMP_THREADS_ENV: "1", **os.environ, ERROR_FILE_ENV: str(error_file)}
         read_end, write_end = os.pipe()
         # Python 3.10: no process_group; a session of its own so the terminal's Ctrl-C reaches it only through us.
         proc = subprocess.Popen(command, env=env, stderr=write_end, start_new_session=True)
