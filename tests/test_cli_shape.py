@@ -110,8 +110,9 @@ def test_text_conditioning_is_not_asked_of_a_class_conditional_run(monkeypatch):
 
 
 def test_the_extras_table_matches_pyproject():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     declared = pyproject["project"]["optional-dependencies"]

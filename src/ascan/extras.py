@@ -30,7 +30,7 @@ TEXT_CONDITIONING = ("--cond=text", "model.cond=text", "--prompts")
 
 def _text_conditioning(argv: list[str]) -> bool:
     return any(arg.startswith(TEXT_CONDITIONING) for arg in argv) or any(
-        arg == "--cond" and value == "text" for arg, value in zip(argv, argv[1:]))
+        arg == "--cond" and value == "text" for arg, value in zip(argv, argv[1:], strict=False))
 
 
 def _always(argv: list[str]) -> bool:
