@@ -96,16 +96,13 @@ def _lock(path: Path, check: Callable[[], None]) -> Iterator[None]:
     """
     path.mkdir(parents=True, exist_ok=True)
     fd = _open_locked(path)
-    claimed = False
     try:
-        check()  # a refusal leaves every file as it was, the lock file too
+        check()  # a refusal leaves every file as it was (the lock file goes, as below)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-        claimed = True
         yield
     finally:
-        if claimed:
-            (path / LOCK_NAME).unlink(missing_ok=True)  # still locked: nobody can claim the folder in between
+        (path / LOCK_NAME).unlink(missing_ok=True)  # still locked: nobody can claim the folder in between
         os.close(fd)  # releases the lock
 
 
