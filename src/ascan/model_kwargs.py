@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import timm
-import torch
 from timm.models import build_model_with_cfg
 from torch import nn
 
@@ -67,12 +66,10 @@ def init_parameters(cls: type) -> set[str]:
 
 
 def _probe_class(name: str) -> type:
-    """The class timm builds for ``name`` (no kwargs, no weights): on the meta device, else on the CPU."""
-    try:
-        with torch.device("meta"):
-            return type(timm.create_model(name, pretrained=False))
-    except (NotImplementedError, RuntimeError):  # a constructor computing on its weights ("Cannot copy out of meta")
-        return type(timm.create_model(name, pretrained=False))
+    """The class timm builds for ``name`` (no kwargs, no weights), built by :func:`ascan.factory.probe_model`."""
+    from ascan.factory import probe_model  # the factory imports this module: its rule is the factory's source
+
+    return type(probe_model(name))
 
 
 @functools.cache
