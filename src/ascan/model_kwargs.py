@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import timm
+import torch
 from timm.models import build_model_with_cfg
 from torch import nn
 
@@ -65,11 +66,16 @@ def init_parameters(cls: type) -> set[str]:
     return names - {"self"}
 
 
-def _probe_class(name: str) -> type:
-    """The class timm builds for ``name`` (no kwargs, no weights), built by :func:`ascan.factory.probe_model`."""
-    from ascan.factory import probe_model  # the factory imports this module: its rule is the factory's source
-
-    return type(probe_model(name))
+def probe_model(name: str, **kwargs: Any) -> nn.Module:
+    """``name`` built to read its structure (class, feature info, classifier shape): on the meta device, else the
+    CPU. A constructor that computes on its weights (NeoNeXt's fixed NeoCell matrices) cannot run on the meta
+    device; it is then built on the CPU once. (Re-exported by :mod:`ascan.factory`, the one model factory.)
+    """
+    try:
+        with torch.device("meta"):
+            return timm.create_model(name, pretrained=False, **kwargs)
+    except (NotImplementedError, RuntimeError):  # "Cannot copy out of meta tensor"
+        return timm.create_model(name, pretrained=False, **kwargs)
 
 
 @functools.cache
@@ -82,7 +88,7 @@ def allowed_model_kwargs(name: str) -> frozenset[str]:
         family_options = getattr(sys.modules[module], "MODEL_OPTIONS", ())
         allowed = (init_parameters(AscanNet) - {"cfg"}) | set(CFG_OVERRIDES) | set(family_options)
     else:
-        allowed = init_parameters(_probe_class(name))
+        allowed = init_parameters(type(probe_model(name)))
     return frozenset(allowed - WEIGHT_LOADING_KWARGS)
 
 
@@ -144,4 +150,4 @@ def check_config_model_kwargs(cfg: Any, origin: str | None = None) -> None:
 
 
 __all__ = ["MODEL_SECTIONS", "WEIGHT_LOADING_KWARGS", "allowed_model_kwargs", "check_config_model_kwargs",
-           "check_model_kwargs", "init_parameters"]
+           "check_model_kwargs", "init_parameters", "probe_model"]
