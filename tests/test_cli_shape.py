@@ -131,14 +131,13 @@ def test_a_missing_extra_in_a_fresh_interpreter(tmp_path):
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; from ascan.cli import main; main(['--help']); print('torch' in sys.modules)"
-    proc = subprocess.run([sys.executable, "-m", "ascan.cli", "--help"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0
+    """``python -m ascan.cli --help`` imports neither torch, timm nor the FLOP counter (``import ascan`` still
+    registers the models everywhere else: the next test)."""
     probe = subprocess.run([sys.executable, "-X", "importtime", "-m", "ascan.cli", "--help"], capture_output=True,
                            text=True, timeout=60)
     imported = {line.rsplit("|", 1)[-1].strip() for line in probe.stderr.splitlines() if "|" in line}
+    assert probe.returncode == 0 and "ascan.cli" in imported
     assert "torch" not in imported and "timm" not in imported and "ascan.flops" not in imported
-    assert code  # the in-process form imports ascan normally (registers the models): see test_import_registers
 
 
 def test_import_registers_every_model_outside_the_cli():
