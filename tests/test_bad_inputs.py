@@ -201,7 +201,7 @@ OUTPUT_PATHS = [
     (["generate", "--ckpt", "no-run", "--classes", "0", "--out", "{dir}"], "--out {dir} is a folder"),
     (["generate", "--ckpt", "no-run", "--classes", "0", "--out", "{file}/g.png"], "{file} is a file"),
     (["generate", "--ckpt", "no-run", "--classes", "0", "--out", "{dir}/g.txt"], "must end in .png"),
-    (["bench", "ascan_nano", "--out", "{file}"], "--out {file} is a file"),
+    (["bench", "ascan_nano", "--out", "{file}"], "--output {file} is a file"),
     (["scenes", "--root", "{file}"], "--root {file} is a file"),
 ]
 
@@ -397,4 +397,4 @@ def test_sigterm_to_the_ddp_launcher_leaves_no_orphans(tmp_path, data_root):
     assert launcher.returncode == 130, err[-2000:]
     assert "stopped by SIGTERM" in err
     assert leftovers == []
-    assert (output / "last.pt").is_file()  # the workers checkpointed on their way out
+    assert (output / "last.pt").is_file(), err[-3000:]  # the workers checkpointed on their way out

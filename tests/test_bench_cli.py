@@ -168,3 +168,16 @@ def test_step_peak_bytes_adds_weights_on_cpu():
     x = torch.randn(10, 100)
     weights = (100 * 50 + 50) * 4
     assert step_peak_bytes(linear, lambda: linear(x), torch.device("cpu")) == weights + 10 * 50 * 4
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([20.0, 80.0], [20.0, 50.0, 100.0]),  # under a decade: labels inside the data's range (not just 10, 100)
+    ([3.0, 900.0], [2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0]),
+    ([0.4, 0.9], [0.3, 0.5, 0.7, 1.0]),
+    ([130.0, 337.0], [100.0, 150.0, 200.0, 300.0, 500.0]),
+    ([150.0, 160.0], [100.0, 150.0, 160.0, 200.0]),  # too narrow for 1-2-5 steps: its ends are labelled
+])
+def test_log_axis_ticks_label_the_data_range(values, expected):
+    from ascan.bench.report import log_ticks
+
+    assert log_ticks(values) == pytest.approx(expected)

@@ -97,7 +97,8 @@ def _run(folder: Path, *, epochs: int = 2, resume=None, callback=None, overwrite
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     total = epochs * (N_SAMPLES // BATCH)
     scheduler = cosine_with_warmup(optimizer, total, 0, LR, LR)  # constant lr
-    cfg = FitConfig(epochs=epochs, batch_size=BATCH, amp=settings.pop("amp", "off"), progress=False,
+    cfg = FitConfig(epochs=epochs, batch_size=BATCH, amp=settings.pop("amp", "off"),
+                    progress=settings.pop("progress", False),
                     checkpoint_every_minutes=None, **settings)
     with session("cpu") as env, open_run_folder(folder, env.dist, resume=resume is not None,
                                                 overwrite=overwrite) as run:
@@ -321,3 +322,36 @@ def test_sampler_batches_cover_each_epoch_once():
     sampler = EpochBatchSampler(25, 4, seed=2)
     seen = [i for batch in sampler for i in batch]
     assert len(seen) == len(set(seen)) == 24
+
+
+def test_the_lock_file_goes_when_the_run_ends_finished_or_crashed(tmp_path):
+    """run.lock is removed while still held: on a normal end and on an exception (kill -9 cannot: documented)."""
+    with session("cpu") as env, open_run_folder(tmp_path / "done", env.dist):
+        assert (tmp_path / "done" / "run.lock").is_file()
+    assert not (tmp_path / "done" / "run.lock").exists()
+    with pytest.raises(RuntimeError, match="crash"), session("cpu") as env, \
+            open_run_folder(tmp_path / "crashed", env.dist):
+        raise RuntimeError("crash")
+    assert not (tmp_path / "crashed" / "run.lock").exists()
+    with session("cpu") as env, open_run_folder(tmp_path / "done", env.dist):  # and the folder can be claimed again
+        assert (tmp_path / "done" / "run.lock").read_text() == str(os.getpid())
+
+
+
+@pytest.mark.parametrize(("settings", "hint"), [({}, "--epochs 4"), ({"max_steps": 3}, "--steps 6")])
+def test_resuming_a_finished_run_suggests_the_budget_option(tmp_path, capsys, settings, hint):
+    """The nothing-to-do hint names the option that extends the run (epochs, or steps for a step-counted run)."""
+    from ascan.engine import load_checkpoint
+
+    _run(tmp_path / "run", **dict(settings))
+    capsys.readouterr()
+    _run(tmp_path / "run", resume=load_checkpoint(tmp_path / "run"), **dict(settings))
+    err = capsys.readouterr().err
+    assert "nothing to do" in err and err.strip().endswith(f"--resume {tmp_path / 'run'} {hint}"), err
+
+
+def test_a_step_counted_runs_bar_counts_its_steps_not_the_epoch(tmp_path, capsys):
+    """max_steps shorter than an epoch: the bar's total is the step budget (a 3-step run shows n/3)."""
+    _run(tmp_path / "run", epochs=1, max_steps=3, progress=True)
+    err = capsys.readouterr().err
+    assert "0/3 " in err and f"/{N_SAMPLES // BATCH} " not in err, err

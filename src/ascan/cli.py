@@ -24,6 +24,7 @@ import importlib
 import sys
 
 from ascan.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
+from ascan.extras import check_command
 from ascan.paths import describe_os_error
 
 
@@ -101,36 +102,70 @@ def resolve(argv: list[str]) -> tuple[str, str, list[str]]:
     return f"{name} {rest[0]}", task.module, rest
 
 
+HELP_FLAGS = ("-h", "--help")
+
+
+def _asks_for_help(argv: list[str]) -> bool:
+    return any(arg in HELP_FLAGS for arg in argv)
+
+
+def _user_error(name: str, message: str) -> int:
+    """Print a user error as one line, exit status 2; in a worker of the launcher, hand it to the launcher
+    instead, which prints it once for all processes (:func:`ascan.launch.report_user_error`)."""
+    from ascan.launch import report_user_error
+
+    if not report_user_error(message):
+        print(f"ascan {name}: error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def _run(name: str, argv: list[str]) -> int:
+    if name in TASKS and (len(argv) == 1 or argv[1] in HELP_FLAGS):
+        check_command(name, None, argv[1:])
+        print(_task_usage(name))
+        return 0 if len(argv) > 1 else EXIT_USER_ERROR
+    command, module_name, rest = resolve(argv)
+    task_or_tool, _, verb = command.partition(" ")
+    check_command(task_or_tool, verb or None, rest)
+    if not _asks_for_help(rest):
+        import ascan
+
+        ascan.register_models()  # a help text needs no models (and no torch): see ascan/__init__
+    module = importlib.import_module(module_name)
+    return int(module.main(rest) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv or argv[0] in HELP_FLAGS:
         print(_usage())
         return 0 if argv else EXIT_USER_ERROR
     if argv[0] == "--version":
-        from importlib.metadata import version
+        from ascan import __version__
 
-        print(f"ascan {version('ascan')}")
+        print(f"ascan {__version__}")
         return 0
-    if argv[0] in TASKS and (len(argv) == 1 or argv[1] in ("-h", "--help")):
-        print(_task_usage(argv[0]))
-        return 0 if len(argv) > 1 else EXIT_USER_ERROR
     name = argv[0]
     try:
-        name, module_name, rest = resolve(argv)
-        module = importlib.import_module(module_name)
-        return int(module.main(rest) or 0)
+        return _run(name, argv)
     except UserError as err:
-        print(f"ascan {name}: error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _user_error(_command_name(argv), str(err))
     except OSError as err:  # the file system refused a write (read-only, full, a file in the way): one line
         message = describe_os_error(err)
         if message is None:
             raise
-        print(f"ascan {name}: error: {message}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _user_error(_command_name(argv), message)
     except KeyboardInterrupt:
         print(f"ascan {name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _command_name(argv: list[str]) -> str:
+    """How messages name the command: ``segment eval`` for a task's verb, else the first word."""
+    try:
+        return resolve(argv)[0]
+    except UserError:
+        return argv[0]
 
 
 if __name__ == "__main__":

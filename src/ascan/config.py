@@ -33,7 +33,6 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ascan.atomic import atomic_write_text
 from ascan.errors import UserError
 
 C = TypeVar("C")
@@ -325,6 +324,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
+    from ascan.atomic import atomic_write_text  # imports torch: not at startup (every --help reads this module)
+
     atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 

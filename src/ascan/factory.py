@@ -17,12 +17,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import timm
-import torch
 from torch import nn
 
 from ascan.errors import UserError
 from ascan.layout import LayoutError
-from ascan.model_kwargs import ASCAN_MODULE_PREFIX, check_model_kwargs, init_parameters
+from ascan.model_kwargs import ASCAN_MODULE_PREFIX, check_model_kwargs, init_parameters, probe_model
 
 IMG_SIZE_ARG = "img_size"
 
@@ -66,19 +65,6 @@ def create_model(name: str, settings: Mapping[str, Any] | None = None, *, img_si
     if img_size is not None:
         check_input_size(model, name, img_size, what)
     return model
-
-
-def probe_model(name: str, **kwargs: Any) -> nn.Module:
-    """``name`` built to read its structure (feature info, classifier shape): on the meta device, else the CPU.
-
-    A constructor that computes on its weights (NeoNeXt's fixed NeoCell matrices) cannot run on the meta
-    device; it is then built on the CPU once.
-    """
-    try:
-        with torch.device("meta"):
-            return timm.create_model(name, pretrained=False, **kwargs)
-    except (NotImplementedError, RuntimeError):  # "Cannot copy out of meta tensor"
-        return timm.create_model(name, pretrained=False, **kwargs)
 
 
 def check_input_size(model: nn.Module, name: str, size: int, what: str = "image size") -> None:

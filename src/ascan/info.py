@@ -8,18 +8,16 @@ figures. The published figures come from :mod:`ascan.paper`.
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
+from typing import TYPE_CHECKING
 
-import timm
-import torch
-from rich.console import Console
-from rich.table import Table
-
-import ascan  # noqa: F401  (registers the models)
 from ascan.errors import UserError
-from ascan.flops import count_macs, mac_breakdown
 from ascan.paper import paper_figures
+from ascan.runargs import doc_parser
+
+if TYPE_CHECKING:  # torch, timm, rich and the FLOP counter load when a table is made, not for --help
+    import torch
+    from rich.console import Console
 
 MODEL_MODULES = ("ascan", "coatnet", "neonext")  # timm's name for each module of ascan.models
 COLUMNS = ("model", "layout", "params (M)", "paper params (M)", "input", "MACs (G)", "paper MACs (G)", "source")
@@ -28,6 +26,11 @@ WIDE_CONSOLE = 160
 
 def registered_models(pattern: str = "*") -> list[str]:
     """The ascan models in timm's registry whose names match the glob ``pattern``."""
+    import timm
+
+    import ascan
+
+    ascan.register_models()
     names = []
     for module in MODEL_MODULES:
         names += [n for n in timm.list_models(module=module) if fnmatch.fnmatch(n, pattern)]
@@ -44,7 +47,10 @@ def _figure(value: float | None) -> str:
 
 def model_row(name: str, with_macs: bool = True) -> tuple[tuple[str, ...], str]:
     """One table row for model ``name`` (the :data:`COLUMNS`), and the published row's note ("" if none)."""
-    model = timm.create_model(name)
+    from ascan.factory import create_model
+    from ascan.flops import count_macs
+
+    model = create_model(name)
     size = model.pretrained_cfg["input_size"]
     macs = f"{count_macs(model, size) / 1e9:.2f}" if with_macs else "-"
     paper = paper_figures(name)
@@ -54,12 +60,20 @@ def model_row(name: str, with_macs: bool = True) -> tuple[tuple[str, ...], str]:
     return row, f"{paper.paper_name}: {paper.note}" if paper and paper.note else ""
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ascan info", description=__doc__.split("\n\n")[0])
+def build_parser():
+    parser = doc_parser("ascan info", __doc__)
     parser.add_argument("--models", default="*", help="glob over model names (default: all)")
     parser.add_argument("--no-macs", action="store_true", help="skip the MAC count (faster)")
     parser.add_argument("--breakdown", metavar="MODEL", help="MACs of one model per stage and operator kind")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
     console = Console(width=None if Console().is_terminal else WIDE_CONSOLE)
     if args.breakdown:
         return print_breakdown(console, args.breakdown)
@@ -72,13 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     for col in COLUMNS:
         table.add_column(col, justify="left" if col in ("model", "layout", "source") else "right")
     notes: dict[str, None] = {}
-    with console.status("counting...") as status:
+    # Counting MACs takes seconds per model (minutes for all): a bar on stderr says which one and how far.
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=Console(stderr=True), transient=True)
+    with progress:
+        task = progress.add_task("counting", total=len(names))
         for name in names:
-            status.update(f"counting {name}")
+            progress.update(task, description=f"{'counting MACs of' if not args.no_macs else 'building'} {name}")
             row, note = model_row(name, with_macs=not args.no_macs)
             table.add_row(*row)
             if note:
                 notes[note] = None
+            progress.advance(task)
     console.print(table)
     for note in notes:
         console.print(f"  {note}")
@@ -86,9 +105,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_breakdown(console: Console, name: str) -> int:
+    import timm
+    from rich.table import Table
+
+    from ascan.factory import create_model
+    from ascan.flops import mac_breakdown
+
+    registered_models()  # registers them
     if not timm.is_model(name):
         raise UserError(f"--breakdown {name!r}: not a registered model (see 'ascan info')")
-    model = timm.create_model(name)
+    model = create_model(name)
     size = model.pretrained_cfg["input_size"]
     parts = mac_breakdown(model, size)
     kinds = sorted({k for ops in parts.values() for k in ops})

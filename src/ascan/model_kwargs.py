@@ -68,13 +68,16 @@ def init_parameters(cls: type) -> set[str]:
     return names - {"self"}
 
 
-def _probe_class(name: str) -> type:
-    """The class timm builds for ``name`` (no kwargs, no weights): on the meta device, else on the CPU."""
+def probe_model(name: str, **kwargs: Any) -> nn.Module:
+    """``name`` built to read its structure (class, feature info, classifier shape): on the meta device, else the
+    CPU. A constructor that computes on its weights (NeoNeXt's fixed NeoCell matrices) cannot run on the meta
+    device; it is then built on the CPU once. (Re-exported by :mod:`ascan.factory`, the one model factory.)
+    """
     try:
         with torch.device("meta"):
-            return type(timm.create_model(name, pretrained=False))
-    except (NotImplementedError, RuntimeError):  # a constructor computing on its weights ("Cannot copy out of meta")
-        return type(timm.create_model(name, pretrained=False))
+            return timm.create_model(name, pretrained=False, **kwargs)
+    except (NotImplementedError, RuntimeError):  # "Cannot copy out of meta tensor"
+        return timm.create_model(name, pretrained=False, **kwargs)
 
 
 @functools.cache
@@ -87,7 +90,7 @@ def allowed_model_kwargs(name: str) -> frozenset[str]:
         family_options = getattr(sys.modules[module], "MODEL_OPTIONS", ())
         allowed = (init_parameters(AscanNet) - {"cfg"}) | set(CFG_OVERRIDES) | set(family_options)
     else:
-        allowed = init_parameters(_probe_class(name))
+        allowed = init_parameters(type(probe_model(name)))
     return frozenset(allowed - WEIGHT_LOADING_KWARGS)
 
 
@@ -274,4 +277,4 @@ def check_config_model_kwargs(cfg: Any, origin: str | None = None) -> None:
 
 __all__ = ["MODEL_SECTIONS", "WEIGHT_LOADING_KWARGS", "allowed_model_kwargs", "check_config_model_kwargs",
            "check_model_kwarg_values", "check_model_kwargs", "check_param_limit", "estimate_params", "init_parameters",
-           "max_model_params"]
+           "max_model_params", "probe_model"]

@@ -16,20 +16,12 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 from ascan.bench import presets
 from ascan.errors import UserError
 from ascan.paths import check_output_folder
+from ascan.runargs import add_options, doc_parser
 
 WIDE_TABLE = 200  # columns for the table when stdout is a file (rich would wrap at 80)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as one line (via UserError) instead of usage + exit."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UserError(message)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -40,12 +32,6 @@ def _int_list(text: str) -> tuple[int, ...]:
     if not values:
         raise argparse.ArgumentTypeError("expected at least one batch size")
     return values
-
-
-def runner_casts() -> tuple[str, ...]:
-    from ascan.bench.runner import CASTS
-
-    return CASTS
 
 
 def _setups(items: list[str]) -> tuple[tuple[str, str], ...]:
@@ -59,7 +45,7 @@ def _setups(items: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ascan bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = doc_parser("ascan bench", __doc__)
     parser.add_argument("models", nargs="*", help="timm model names (ascan's models are registered in timm)")
     parser.add_argument(
         "--preset", action="append", default=[], help="named model set (repeatable); see --list-presets"
@@ -76,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for weights and inputs")
     parser.add_argument(
         "--cast",
-        choices=runner_casts(),
+        choices=presets.CASTS,
         default="autocast",
         help="with --dtype bf16/fp16: autocast (default) or weights (model and input cast once, timm's --model-dtype)",
     )
@@ -109,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--fuse",
-        choices=("off", "on", "both"),
+        choices=presets.FUSE_CHOICES,
         default="off",
         help="fold BatchNorm into convs (ascan.fuse); 'both' times fused and unfused copies",
     )
@@ -121,8 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak, for the achieved fraction")
     parser.add_argument("--reference", default=None, help="model the ratio column divides by (default: first)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/bench/<UTC time>)")
+    add_options(parser, "threads", "output", output="output folder (default runs/bench/<UTC time>)")
     parser.add_argument(
         "--explain",
         action="store_true",
@@ -200,8 +185,8 @@ def main(argv: list[str]) -> int:
         _list_presets()
         return 0
     if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
         torch.set_num_threads(args.threads)
 
     from rich.console import Console
@@ -215,8 +200,9 @@ def main(argv: list[str]) -> int:
     if args.explain:
         return explain(cfg, console)
 
-    out_dir = args.out or Path("runs/bench") / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    check_output_folder(out_dir, "--out")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = Path(args.output) if args.output else Path("runs/bench") / stamp
+    check_output_folder(out_dir, "--output")
     err_console = Console(stderr=True)
     progress = Progress(
         TextColumn("{task.description}"),

@@ -11,6 +11,12 @@ from __future__ import annotations
 from ascan.errors import UserError
 from ascan.paper import paper_figures
 
+# Choices of ascan bench's options, here so that its --help needs no torch (the runner imports them too).
+FUSE_CHOICES = ("off", "on", "both")
+# How a model runs in a low-precision dtype: under autocast (fp32 weights, cast per op), or with its weights and
+# input cast to the dtype once (``model.to(torch.bfloat16)``, timm benchmark.py's ``--model-dtype``).
+CASTS = ("autocast", "weights")
+
 # FasterViT is not in timm: FastViT, the nearest timm family, stands in at its own resolution. A stand-in
 # is not the published model, so no published figure is shown beside it.
 STAND_INS: dict[str, int] = {  # timm model -> its resolution

@@ -97,13 +97,35 @@ def rows_to_csv(rows: Sequence[Row]) -> str:
     return buffer.getvalue()
 
 
+NICE_MANTISSAS = ((1, 2, 5), (1, 1.5, 2, 3, 5, 7))  # log-axis labels: coarse first, finer for a narrow range
+MIN_TICKS_INSIDE = 2
+LOG_TICK_MARGIN = 1.5  # a tick this factor beyond the data still labels the axis (matplotlib pads the limits)
+
+
+def log_ticks(values: Sequence[float]) -> list[float]:
+    """Labelled ticks for a log axis over ``values``: 1-2-5 steps (finer when the data spans less than a decade),
+    at least two of them inside the data's range, so a range like 20-80 img/s has labels (matplotlib's default
+    labels only powers of ten)."""
+    positive = [v for v in values if v > 0]
+    if not positive:
+        return []
+    low, high = min(positive), max(positive)
+    decades = range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+    for mantissas in NICE_MANTISSAS:
+        ticks = [m * 10.0**k for k in decades for m in mantissas
+                 if low / LOG_TICK_MARGIN <= m * 10.0**k <= high * LOG_TICK_MARGIN]
+        if sum(low <= tick <= high for tick in ticks) >= MIN_TICKS_INSIDE:
+            return ticks
+    return sorted({*ticks, *(float(f"{v:.2g}") for v in (low, high))})  # a narrow range: its ends, rounded
+
+
 def plot(rows: Sequence[Row], path: Path) -> None:
     """Inference img/s vs params (log-log), one panel per batch size, our models in red."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     infer = [row for row in rows if row.mode == "infer"]
     batch_sizes = sorted({row.batch_size for row in infer})
@@ -126,9 +148,12 @@ def plot(rows: Sequence[Row], path: Path) -> None:
         axis.set_xscale("log")
         axis.set_yscale("log")
         plain = FuncFormatter(lambda value, _pos: f"{value:g}")
-        for scale_axis in (axis.xaxis, axis.yaxis):
+        shown = [r for r in infer if r.batch_size == batch_size]
+        axes_values = ((axis.xaxis, [r.params_m for r in shown]), (axis.yaxis, [r.img_per_s for r in shown]))
+        for scale_axis, values in axes_values:
+            scale_axis.set_major_locator(FixedLocator(log_ticks(values)))
             scale_axis.set_major_formatter(plain)
-            scale_axis.set_minor_formatter(plain)
+            scale_axis.set_minor_formatter(NullFormatter())
         axis.set_xlabel("parameters (M)")
         axis.set_ylabel("images / s")
         axis.set_title(f"batch {batch_size}")

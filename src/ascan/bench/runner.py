@@ -25,18 +25,16 @@ from torch import nn
 
 from ascan.bench import presets
 from ascan.bench.memory import step_peak_bytes
+from ascan.bench.presets import CASTS, FUSE_CHOICES
 from ascan.bench.timing import Case, Measurement, plan_size, run_interleaved, throughput_ratio
 from ascan.config import AT_LEAST_ONE, NON_NEGATIVE, Range, check_ranges, setting
 from ascan.errors import UserError
+from ascan.factory import create_model, is_ours
 from ascan.flops import count_flops
 from ascan.fusion import fuse_with_summary
 from ascan.paper import paper_figures
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FUSE_CHOICES = ("off", "on", "both")
-# How a model runs in a low-precision dtype: under autocast (fp32 weights, cast per op), or with its weights and
-# input cast to the dtype once (``model.to(torch.bfloat16)``, timm benchmark.py's ``--model-dtype``).
-CASTS = ("autocast", "weights")
 # Per-model options of --setup: memory format and cast.
 SETUP_OPTIONS = ("cl", "nchw") + CASTS
 PEAK_TFLOPS_RANGE = Range(0.0, math.inf, low_open=True, high_open=True)
@@ -138,11 +136,6 @@ class Row:
 # validation
 
 
-def is_ours(model_name: str) -> bool:
-    """True for models registered by the ascan package (as opposed to timm's own)."""
-    return timm.models.model_entrypoint(model_name).__module__.startswith("ascan.")
-
-
 def check_model_names(names: tuple[str, ...]) -> None:
     import ascan  # noqa: F401  (registers our models with timm)
 
@@ -235,16 +228,8 @@ def total_stride(model: nn.Module) -> int:
 
 
 def create(model_name: str, img_size: int, num_classes: int) -> nn.Module:
-    """timm.create_model without weights; fixed-size models (ViT, Swin, MaxViT) get img_size."""
-    pretrained_cfg = timm.get_pretrained_cfg(model_name)
-    default = pretrained_cfg.input_size[-1] if pretrained_cfg is not None else None
-    kwargs = {"pretrained": False, "num_classes": num_classes}
-    if img_size != default:
-        try:
-            return timm.create_model(model_name, img_size=img_size, **kwargs)
-        except TypeError:  # convnets take any size and have no img_size argument
-            pass
-    return timm.create_model(model_name, **kwargs)
+    """The model without weights, sized for ``img_size`` by the one factory's rule (:mod:`ascan.factory`)."""
+    return create_model(model_name, img_size=img_size, what="--img-size", num_classes=num_classes)
 
 
 def _autocast(cfg: BenchConfig, cast: str = "autocast") -> Callable[[], contextlib.AbstractContextManager]:

@@ -173,10 +173,16 @@ def _loader(loop: Loop, train_set: Dataset) -> DataLoader:
 
 
 def _progress_bar(loop: Loop, loader: DataLoader) -> tqdm | None:
+    """The epoch's bar, sized by what this epoch will train: its batches, or fewer when ``max_steps`` ends the run
+    first (a 50-step run shows 50 steps, not the epoch's thousands and an ETA of hours)."""
     if not (loop.cfg.progress and loop.env.dist.is_main):
         return None
-    return tqdm(total=len(loader), desc=f"epoch {loop.state.epoch + 1}/{loop.cfg.epochs}", leave=False,
-                dynamic_ncols=True, mininterval=PROGRESS_REFRESH_S, file=sys.stderr)
+    cfg, state = loop.cfg, loop.state
+    total, desc = len(loader), f"epoch {state.epoch + 1}/{cfg.epochs}"
+    if cfg.max_steps is not None and cfg.max_steps - state.step < total:
+        total, desc = cfg.max_steps - state.step, f"steps to {cfg.max_steps}"
+    return tqdm(total=total, initial=0, desc=desc, leave=False, dynamic_ncols=True, mininterval=PROGRESS_REFRESH_S,
+                file=sys.stderr)
 
 
 def _after_step(loop: Loop) -> str:
@@ -354,10 +360,12 @@ def _already_finished(loop: Loop) -> bool:
 
 def _announce_nothing_to_do(loop: Loop) -> None:
     if loop.env.dist.is_main:
-        state, run = loop.state, loop.folder.path
-        print(f"run {run} is already complete (epoch {state.epoch}/{loop.cfg.epochs}, step {state.step}); nothing "
-              f"to do: to train longer, resume with more epochs or steps ({loop.info.command} --resume {run} "
-              "--set ...)", file=sys.stderr)
+        state, cfg, run = loop.state, loop.cfg, loop.folder.path
+        longer = (f"--steps {state.step * 2}" if cfg.max_steps is not None  # a run counted in steps
+                  else f"--epochs {state.epoch * 2}")
+        print(f"run {run} is already complete (epoch {state.epoch}/{cfg.epochs}, step {state.step}); nothing "
+              f"to do: to train longer, resume with a larger budget, e.g. {loop.info.command} --resume {run} "
+              f"{longer}", file=sys.stderr)
 
 
 def fit(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, train_set: Dataset,

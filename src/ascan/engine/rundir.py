@@ -3,7 +3,8 @@
 A new run refuses a folder that already holds one (a checkpoint or a summary) unless told to
 ``overwrite`` it — then the engine's own files are removed first. While a run trains, rank 0 holds an
 exclusive ``flock`` on ``run.lock``; a second process gets a one-line error instead of two runs
-overwriting each other's checkpoints. The lock goes with the process, so a crash leaves no stale lock.
+overwriting each other's checkpoints. The lock goes with the process, so a crash leaves no stale lock, and
+the file is removed when the run ends (:func:`_lock`).
 The lock is taken before the folder is looked at, so a second process is told the folder is in use (not that
 it holds a run it could resume), and the lock holder removes the temporary files of writes that a killed
 process left behind (:func:`ascan.atomic.remove_temporaries`).
@@ -101,23 +102,49 @@ def _clear(path: Path) -> None:
         weights.unlink()
 
 
-@contextmanager
-def _lock(path: Path, check: Callable[[], None]) -> Iterator[None]:
-    """Hold ``path``'s lock; ``check()`` runs under it, before the lock file names this process."""
-    path.mkdir(parents=True, exist_ok=True)
-    fd = _open_lock(path)
-    try:
+def _open_locked(path: Path) -> int:
+    """An fd of ``path/run.lock`` (opened by :func:`_open_lock`: no link followed) holding its exclusive flock, or
+    a UserError naming the holder's pid.
+
+    A finished run removes its lock file while still holding the lock; a process that opened the file just before
+    then holds a lock on a removed file, so the lock counts only if the path still names the locked file
+    (else it opens the new one).
+    """
+    lock_path = path / LOCK_NAME
+    while True:
+        fd = _open_lock(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
             raise UserError(f"run folder {path} is in use by another training process (pid {holder}); "
                             "wait for it to finish or choose another output folder") from None
-        check()  # a refusal leaves every file as it was, the lock file too
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@contextmanager
+def _lock(path: Path, check: Callable[[], None]) -> Iterator[None]:
+    """Hold ``path``'s lock; ``check()`` runs under it, before the lock file names this process.
+
+    When the run ends (finished, stopped, or an exception) the lock file is removed while still held, so no
+    ``run.lock`` stays in a run folder; only a process killed outright (``kill -9``, power loss) leaves one behind,
+    harmless: its lock went with the process.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    fd = _open_locked(path)
+    try:
+        check()  # a refusal leaves every file as it was (the lock file goes, as below)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
+        (path / LOCK_NAME).unlink(missing_ok=True)  # still locked: nobody can claim the folder in between
         os.close(fd)  # releases the lock
 
 

@@ -165,11 +165,10 @@ def table_cases(setting: Setting, letters: str | None = None) -> list[Case]:
 
 
 def model_case(layout: str, setting: Setting) -> Case:
-    import timm
-
     import ascan.models  # noqa: F401  (registers ascan_nano)
+    from ascan.factory import create_model
 
-    model = timm.create_model("ascan_nano", **setting.model_kwargs(layout))
+    model = create_model("ascan_nano", **setting.model_kwargs(layout))
     x = torch.randn(setting.batch, setting.in_chans, setting.img_size, setting.img_size)
     return _case(layout, model, x, setting)
 
