@@ -123,7 +123,7 @@ def _predict_parser(sub) -> None:
 
 
 def _export_parser(sub) -> None:
-    from ascan.export.cli import add_export_options
+    from ascan.export.command import add_export_options
 
     p = _verb(sub, "export", EXPORT_DOC)
     add_options(p, "run", "no_ema", run=RUN_HELP, no_ema="export the raw weights, not the EMA")
@@ -196,7 +196,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ascan.export.cli import export_classifier
+    from ascan.export.command import export_classifier
 
     return export_classifier(args, command="ascan classify export")
 

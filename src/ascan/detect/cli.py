@@ -52,7 +52,7 @@ def _predict_parser(sub) -> None:
 
 
 def _export_parser(sub) -> None:
-    from ascan.export.cli import add_export_options
+    from ascan.export.command import add_export_options
 
     p = sub.add_parser("export", help="ONNX export: the backbone's feature maps (--features-only)")
     add_options(p, "run", "no_ema")
@@ -78,7 +78,7 @@ def main(argv: list[str]) -> int:
     if args.command == "train":
         return _train(args)
     if args.command == "eval":
-        from ascan.detect.task import run_eval
+        from ascan.detect.predict import run_eval
 
         return run_eval(args)
     from ascan.detect.predict import run_export, run_predict

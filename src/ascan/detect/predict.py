@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +22,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import nn
+from torch.utils.data import Subset
 from torchvision.utils import draw_segmentation_masks
 
 from ascan.atomic import atomic_write
 from ascan.data.coco import CocoInstances, load_rgb
 from ascan.detect.config import DetectConfig, config_from_dict, detector_cfg
-from ascan.detect.data import split_files
+from ascan.detect.data import build_dataset, split_files
 from ascan.detect.metrics import binary_masks
+from ascan.detect.task import DetectionTask
 from ascan.detect.train import build_model
 from ascan.engine import load_model_state
 from ascan.engine.trained import read_run
@@ -228,8 +231,8 @@ def whole_detector_untraceable(model: nn.Module, image_size: int) -> str | None:
 def run_export(args: argparse.Namespace) -> int:
     """``ascan detect export``: the detector's backbone feature maps (``--features-only``); the whole detector is
     tried first and refused in one line when the exporter cannot trace it."""
-    from ascan.export.cli import check_export_args
-    from ascan.export.cli import run_export as export_model
+    from ascan.export.command import check_export_args
+    from ascan.export.command import run_export as export_model
     from ascan.segment.commands import bake_input_size
 
     opts = check_export_args(args)
@@ -253,5 +256,39 @@ def run_export(args: argparse.Namespace) -> int:
                         img_size=img_size, features=False)
 
 
-__all__ = ["GroundTruth", "TrainedDetector", "label_colours", "load_trained", "picture", "predict_files",
+def run_eval(args) -> int:
+    """``ascan detect eval``: COCO box and mask AP, naming the weights and the precision it scored."""
+    from ascan.data.coco import CocoInstances
+    from ascan.engine import autocast_dtype, session
+    from ascan.segment.commands import precision_name
+
+    if (args.annotations is None) != (args.images is None):
+        raise UserError("--annotations and --images go together")
+    trained = load_trained(args.run, prefer_ema=not args.no_ema)
+    if args.annotations:
+        dataset = CocoInstances(args.annotations, args.images)
+        if dataset.class_names != trained.class_names:
+            raise UserError(f"{args.annotations}: categories {', '.join(dataset.class_names)} differ from the "
+                            f"run's {', '.join(trained.class_names)}")
+    else:
+        dataset, _ = build_dataset(trained.cfg, train=False, progress=not args.no_progress)
+    if args.limit is not None and args.limit < len(dataset):
+        dataset = Subset(dataset, range(args.limit))
+    task = DetectionTask(dataset, args.batch_size or trained.cfg.data.eval_batch_size, not args.no_progress)
+    with session(args.device, args.threads) as env:
+        dtype = autocast_dtype(args.amp, env.device)
+        metrics = task.evaluate(trained.model.to(env.device), env.device, dtype)
+    result = {**metrics, "weights": trained.weights_kind, "precision": precision_name(dtype), "images": len(dataset),
+              "source": trained.source}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{trained.source}: {len(dataset)} images, {trained.weights_kind} weights, {result['precision']}")
+    for kind in ("box", "mask"):
+        print(f"  {kind:<4} AP {metrics[f'{kind}_map']:5.1f}   AP50 {metrics[f'{kind}_map_50']:5.1f}   "
+              f"AP75 {metrics[f'{kind}_map_75']:5.1f}")
+    return 0
+
+
+__all__ = ["run_eval", "GroundTruth", "TrainedDetector", "label_colours", "load_trained", "picture", "predict_files",
            "run_export", "run_predict"]

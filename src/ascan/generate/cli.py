@@ -104,7 +104,7 @@ def _eval_parser(sub) -> None:
 
 
 def _export_parser(sub) -> None:
-    from ascan.export.cli import add_export_options
+    from ascan.export.command import add_export_options
 
     p = sub.add_parser("export", help="the denoiser with its conditioning inputs to ONNX, checked in onnxruntime")
     add_options(p, "run", "no_ema")
@@ -223,7 +223,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ascan.export.cli import check_export_args
+    from ascan.export.command import check_export_args
     from ascan.generate.export import export_generator
     from ascan.generate.sample import load_generator
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ascan.errors import UserError
-from ascan.export.cli import run_export
+from ascan.export.command import run_export
 from ascan.export.onnx import ModelInput
 from ascan.export.options import ExportOptions
 from ascan.generate.conditioning import Conditioning
@@ -94,7 +94,7 @@ def check_generator_options(gen: TrainedGenerator, opts: ExportOptions) -> None:
 def export_generator(gen: TrainedGenerator, args: argparse.Namespace, opts: ExportOptions, *, origin: str) -> int:
     """Export ``gen``'s denoiser to ``args.output`` through the one exporter and print its checks' report.
 
-    Exit status 0, or :data:`~ascan.export.cli.EXIT_CHECK_FAILED` when a check failed (no file written).
+    Exit status 0, or :data:`~ascan.export.command.EXIT_CHECK_FAILED` when a check failed (no file written).
     """
     check_generator_options(gen, opts)
     m = gen.settings.model

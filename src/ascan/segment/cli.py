@@ -62,7 +62,7 @@ def _predict_parser(sub) -> None:
 
 
 def _export_parser(sub) -> None:
-    from ascan.export.cli import add_export_options
+    from ascan.export.command import add_export_options
 
     p = sub.add_parser("export", help="the whole segmenter (backbone + UPerNet) to ONNX, checked in onnxruntime")
     add_options(p, "run", "no_ema")
@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
     if args.command == "train":
         return _train(args)
     if args.command == "eval":
-        from ascan.segment.task import run_eval
+        from ascan.segment.predict import run_eval
 
         return run_eval(args)
     from ascan.segment.predict import run_export, run_predict

@@ -10,6 +10,7 @@ prediction, enlarged, with a legend of the classes shown (:mod:`ascan.segment.ov
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from ascan.segment.overlay import (
     scale_for,
     to_uint8,
 )
+from ascan.segment.task import evaluate_segmenter
 from ascan.segment.train import NUM_CLASSES_KEY, create_segmenter
 
 DEFAULT_ALPHA = 1.0  # the prediction panel in flat class colours: the input is beside it
@@ -200,8 +202,8 @@ def export_size(trained: TrainedSegmenter, asked: int | None) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``ascan segment export``: the whole segmenter (backbone + UPerNet) through the one exporter."""
-    from ascan.export.cli import check_export_args
-    from ascan.export.cli import run_export as export_model
+    from ascan.export.command import check_export_args
+    from ascan.export.command import run_export as export_model
     from ascan.segment.commands import bake_input_size
 
     opts = check_export_args(args)
@@ -214,5 +216,38 @@ def run_export(args: argparse.Namespace) -> int:
                         img_size=img_size, features=False)
 
 
-__all__ = ["GroundTruth", "TrainedSegmenter", "class_colours", "export_size", "load_trained", "picture",
+def run_eval(args: argparse.Namespace) -> int:
+    """``ascan segment eval``: mIoU, pixel accuracy and per-class IoU, naming the weights and precision scored."""
+    from ascan.config import apply_overrides, config_to_dict
+    from ascan.engine import autocast_dtype, session
+    from ascan.segment.commands import precision_name
+    from ascan.segment.config import config_from_dict
+    from ascan.segment.data import build_eval_dataset, subset
+
+    trained = load_trained(args.run, prefer_ema=not args.no_ema)
+    overrides = [*args.overrides, *(["progress=false"] if args.no_progress else [])]
+    cfg = config_from_dict(apply_overrides(config_to_dict(trained.cfg), overrides))
+    dataset, info = build_eval_dataset(cfg, args.split)
+    dataset = subset(dataset, args.limit)
+    with session(args.device, args.threads) as env:
+        dtype = autocast_dtype(args.amp, env.device)
+        result = evaluate_segmenter(trained.model.to(env.device), dataset, trained.model.num_classes,
+                                    trained.model.size_multiple, env.device, info.ignore_index, trained.class_names,
+                                    args.batch_size or cfg.data.eval_batch_size, dtype)
+    split = args.split or cfg.data.eval_split
+    result = {**result, "weights": trained.weights_kind, "precision": precision_name(dtype), "images": len(dataset),
+              "split": split, "source": trained.source}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{trained.source} on {cfg.data.source} {split} ({len(dataset)} images, {trained.weights_kind} weights, "
+          f"{result['precision']}): mIoU {result['mIoU']:.2f}  pixel accuracy {result['pixel_acc']:.2f}")
+    if args.per_class:
+        for key, value in result.items():
+            if key.startswith("IoU."):
+                print(f"  {key[len('IoU.'):]:<20} {value:6.2f}")
+    return 0
+
+
+__all__ = ["run_eval", "GroundTruth", "TrainedSegmenter", "class_colours", "export_size", "load_trained", "picture",
            "predict_files", "predict_labels", "run_export", "run_predict"]

@@ -8,8 +8,6 @@ sums it over ranks and reports ``miou``, ``pixel_acc`` and the mean ``loss`` (lo
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -88,38 +86,4 @@ def evaluate_segmenter(model: nn.Module, dataset: Dataset, num_classes: int, siz
     return metrics.compute()
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    """``ascan segment eval``: mIoU, pixel accuracy and per-class IoU, naming the weights and precision scored."""
-    from ascan.config import apply_overrides, config_to_dict
-    from ascan.engine import autocast_dtype, session
-    from ascan.segment.commands import precision_name
-    from ascan.segment.config import config_from_dict
-    from ascan.segment.data import build_eval_dataset, subset
-    from ascan.segment.predict import load_trained
-
-    trained = load_trained(args.run, prefer_ema=not args.no_ema)
-    overrides = [*args.overrides, *(["progress=false"] if args.no_progress else [])]
-    cfg = config_from_dict(apply_overrides(config_to_dict(trained.cfg), overrides))
-    dataset, info = build_eval_dataset(cfg, args.split)
-    dataset = subset(dataset, args.limit)
-    with session(args.device, args.threads) as env:
-        dtype = autocast_dtype(args.amp, env.device)
-        result = evaluate_segmenter(trained.model.to(env.device), dataset, trained.model.num_classes,
-                                    trained.model.size_multiple, env.device, info.ignore_index, trained.class_names,
-                                    args.batch_size or cfg.data.eval_batch_size, dtype)
-    split = args.split or cfg.data.eval_split
-    result = {**result, "weights": trained.weights_kind, "precision": precision_name(dtype), "images": len(dataset),
-              "split": split, "source": trained.source}
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(f"{trained.source} on {cfg.data.source} {split} ({len(dataset)} images, {trained.weights_kind} weights, "
-          f"{result['precision']}): mIoU {result['mIoU']:.2f}  pixel accuracy {result['pixel_acc']:.2f}")
-    if args.per_class:
-        for key, value in result.items():
-            if key.startswith("IoU."):
-                print(f"  {key[len('IoU.'):]:<20} {value:6.2f}")
-    return 0
-
-
-__all__ = ["SegmentationTask", "evaluate_segmenter", "run_eval"]
+__all__ = ["SegmentationTask", "evaluate_segmenter"]
