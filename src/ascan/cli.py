@@ -9,7 +9,7 @@ detect     train, eval, predict, export
 generate   train, sample, eval, export                 ``ascan gen-train``; ``ascan generate --ckpt ...``
 =========  ==========================================  ================================
 
-Tools: ``info``, ``bench``, ``search``, ``scenes``, ``export`` (a model name or any task's run).
+Tools: ``info``, ``bench``, ``search``, ``scenes``, ``shards``, ``export`` (a model name or any task's run).
 
 Task and tool modules are imported only for the command that runs, so ``ascan --help`` does not pay for the
 training or generation stacks. Every module exposes ``main(argv: list[str]) -> int``; a task module's ``argv``
@@ -50,6 +50,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "bench": ("ascan.bench.cli", "throughput benchmark of ascan and timm models, side by side"),
     "search": ("ascan.search.cli", "latency-aware layout search: latency model + Optuna over the layout grammar"),
     "scenes": ("ascan.data.scenes_cli", "write the garment-scene detection/segmentation data set (COCO JSON + PNGs)"),
+    "shards": ("ascan.data.shards_cli", "write a data set as webdataset tar shards + index (data.dataset=shards)"),
     "export": ("ascan.export.cli", "export a model name or any task's run to ONNX, checked in onnxruntime"),
 }
 # Short forms: the first word stands for a task and a verb.

@@ -20,7 +20,7 @@ from ascan import config as generic
 from ascan.config import AT_LEAST_ONE, DROP_RATE, FRACTION, NON_NEGATIVE, Range, read_yaml, setting, with_defaults
 from ascan.engine.settings import LR_RANGE, WORKERS_RANGE, EpochOptimSettings, EpochRunSettings
 
-DATASETS = ("fashion_mnist", "imagefolder")
+DATASETS = ("fashion_mnist", "imagefolder", "shards")
 SCHEDULES = ("cosine", "const")
 SMOOTHING_RANGE = Range(0.0, 1.0, high_open=True)
 IMAGE_SIZE_RANGE = Range(8, 4096)
@@ -34,7 +34,8 @@ OUTPUT_TEMPLATE = "runs/classify-{dataset}"
 @dataclass
 class DataConfig:
     """Where images come from. ``dataset`` is ``fashion_mnist`` (Debian's IDX files) or ``imagefolder``
-    (``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``, how ImageNet is usually laid out)."""
+    (``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``, how ImageNet is usually laid out) or ``shards``
+    (``root/<split>/shard-*.tar`` + ``index.json`` from ``ascan shards``; root may be a URL)."""
 
     dataset: str = setting("fashion_mnist", choices=DATASETS)
     root: str | None = None  # None: /usr/share/datasets/fashion-mnist for fashion_mnist

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from torchmetrics.classification import MulticlassAccuracy
 
 from ascan.engine.distributed import DistInfo, all_reduce_sum
@@ -44,8 +44,11 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, device: torch
     Returns ``{"top1", "top5", "loss", "n"}`` (``n``: images evaluated over all ranks).
     """
     dist_info = dist_info or DistInfo()
-    indices = list(range(dist_info.rank, len(dataset), dist_info.world_size))
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False)
+    if isinstance(dataset, IterableDataset):  # streamed shards: split by rank already, every image once
+        loader, count = DataLoader(dataset, batch_size=batch_size), len(dataset)
+    else:
+        indices = list(range(dist_info.rank, len(dataset), dist_info.world_size))
+        loader, count = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False), len(indices)
     was_training = model.training
     model.eval()
     top1, top5 = accuracy_metrics(num_classes, device)
@@ -59,7 +62,7 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, device: torch
         top1.update(logits, targets)
         top5.update(logits, targets)
     model.train(was_training)
-    counts = torch.stack([loss_sum.cpu(), torch.tensor(float(len(indices)), dtype=torch.float64)])
+    counts = torch.stack([loss_sum.cpu(), torch.tensor(float(count), dtype=torch.float64)])
     counts = all_reduce_sum(counts.to(device), dist_info).cpu()
     # torchmetrics syncs its states across an initialised process group inside compute().
     return {"top1": PERCENT * top1.compute().item(), "top5": PERCENT * top5.compute().item(),

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torch.utils.data import IterableDataset
+
 import ascan  # noqa: F401  (registers ascan models in timm)
 from ascan.classify.config import FinetuneSettings, TrainConfig, config_to_dict, load_config
 from ascan.classify.model import create_model, init_from_weights, read_classifier
@@ -71,7 +73,7 @@ def check_resumable(checkpoint: dict[str, Any], info: DatasetInfo, source: str) 
 
 def _train(cfg: TrainConfig, run: Run, step_callback: Callable[[int], None] | None, verb: str) -> FitResult:
     seed_all(cfg.seed)  # the same initial weights on every rank
-    train_set, info = build_dataset(cfg.data, cfg.aug, train=True)
+    train_set, info = build_dataset(cfg.data, cfg.aug, train=True, seed=cfg.seed)
     eval_set, _ = build_dataset(cfg.data, cfg.aug, train=False)
     model = create_model(cfg, info)
     if run.checkpoint is not None:
@@ -80,7 +82,8 @@ def _train(cfg: TrainConfig, run: Run, step_callback: Callable[[int], None] | No
         init_from_weights(model, cfg.model.init_from, cfg.model.init_from_ema, cfg.model.name)
     model.to(run.env.device)
     world_size = run.env.dist.world_size
-    per_epoch = batches_per_epoch(len(train_set), cfg.data.batch_size, world_size)
+    per_epoch = (train_set.batches_per_epoch if isinstance(train_set, IterableDataset)  # shards: per rank
+                 else batches_per_epoch(len(train_set), cfg.data.batch_size, world_size))
     # Cosine (or constant, for fine-tuning) after a linear warm-up, stepped per optimizer step.
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.optim.epochs * per_epoch,
                                            round(cfg.optim.warmup_epochs * per_epoch), opt=cfg.optim.opt,

@@ -201,8 +201,9 @@ def folder_class_names(root: str | None, split: str) -> tuple[str, ...] | None:
         return None
 
 
-def build_dataset(data_cfg, aug_cfg, train: bool) -> tuple[Dataset, DatasetInfo]:
-    """The training or evaluation split named by a :class:`~ascan.classify.config.DataConfig`."""
+def build_dataset(data_cfg, aug_cfg, train: bool, seed: int = 0) -> tuple[Dataset, DatasetInfo]:
+    """The training or evaluation split named by a :class:`~ascan.classify.config.DataConfig` (``seed``: the
+    shuffle of streamed shards, whose order the data set draws itself)."""
     split = data_cfg.train_split if train else data_cfg.eval_split
     subset = data_cfg.train_subset if train else data_cfg.eval_subset
     if data_cfg.dataset == "fashion_mnist":
@@ -214,4 +215,11 @@ def build_dataset(data_cfg, aug_cfg, train: bool) -> tuple[Dataset, DatasetInfo]
     if data_cfg.dataset == "imagefolder":
         transform = imagefolder_transform(data_cfg.image_size, train, aug_cfg)
         return imagefolder_dataset(data_cfg.root, split, transform, subset)
+    if data_cfg.dataset == "shards":  # streamed: split by rank and worker in the data set itself
+        from ascan.data.shards import shards_dataset
+
+        if subset is not None:
+            raise UserError("data.train_subset / data.eval_subset do not apply to shards; write a smaller set")
+        return shards_dataset(data_cfg.root, split, image_size=data_cfg.image_size, train=train, aug=aug_cfg,
+                              global_batch=data_cfg.batch_size, seed=seed)
     raise UserError(f"unknown dataset {data_cfg.dataset!r}")

@@ -26,7 +26,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm
 
 from ascan.atomic import save_safetensors
@@ -103,7 +103,7 @@ class Loop:
     folder: RunFolder
     info: RunInfo
     dtype: torch.dtype | None
-    sampler: EpochBatchSampler
+    sampler: EpochBatchSampler  # or a streamed data set (ascan.data.shards.ShardDataset): the same three members
     stop: StopFlag
     step_callback: Callable[[int], None] | None = None
     last_checkpoint: float = field(default_factory=time.monotonic)
@@ -165,8 +165,11 @@ def train_step(loop: Loop, batch: Any) -> StepOutput:
 
 def _loader(loop: Loop, train_set: Dataset) -> DataLoader:
     loop.sampler.set_epoch(loop.state.epoch, loop.state.batch)
+    # A streamed data set (ascan.data.shards) splits itself by rank and worker, in whole per-rank batches.
+    batching = ({"batch_size": loop.cfg.batch_size // loop.env.dist.world_size, "drop_last": True}
+                if isinstance(train_set, IterableDataset) else {"batch_sampler": loop.sampler})
     # Its own generator: a loader draws worker seeds from it, not from the global stream that resume restores.
-    return DataLoader(train_set, batch_sampler=loop.sampler, num_workers=loop.cfg.num_workers,
+    return DataLoader(train_set, **batching, num_workers=loop.cfg.num_workers,
                       collate_fn=collate_fn_of(loop.task),
                       generator=torch.Generator().manual_seed(loop.cfg.seed + loop.state.epoch),
                       pin_memory=loop.env.device.type == "cuda")
@@ -326,7 +329,9 @@ def build_loop(task: Task, model: nn.Module, optimizer, scheduler, train_set: Da
     if env.dist.enabled:
         train_model = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda"
                                               else None)
-    sampler = EpochBatchSampler(len(train_set), cfg.batch_size, env.dist.rank, env.dist.world_size, seed=cfg.seed)
+    # A streamed data set is its own sampler: set_epoch(epoch, start_batch) and batches_per_epoch, per rank.
+    sampler = train_set if isinstance(train_set, IterableDataset) else EpochBatchSampler(
+        len(train_set), cfg.batch_size, env.dist.rank, env.dist.world_size, seed=cfg.seed)
     planned_steps = cfg.epochs * sampler.batches_per_epoch
     if should_compile(cfg.compile, min(planned_steps, cfg.max_steps or planned_steps)):
         if env.dist.is_main and cfg.progress:
