@@ -343,3 +343,45 @@ def test_finetune_no_ema_starts_from_the_raw_weights(fm_run, tmp_path, capsys, c
     assert "ascan finetune: ascan_nano" in out and "ascan train:" not in out
     assert not any("Cosine annealing" in record.getMessage() for record in caplog.records)
     assert "Cosine annealing" not in out + err
+
+
+def _imagenet_layout(root: Path, names=("n01", "n02"), per_class: int = 3, side: int = 40) -> None:
+    """``root/train/<class>/*.JPEG`` and ``root/val/<class>/*.JPEG``: ImageNet's layout, no ``test/`` split."""
+    rng = np.random.default_rng(1)
+    for split in ("train", "val"):
+        for name in names:
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(
+                    root / split / name / f"{i}.JPEG")
+
+
+def test_the_readmes_imagenet_recipe_trains_on_imagenets_layout(tmp_path, capsys):
+    """The README's ImageNet options (RandAugment m15, MixUp 0.8, drop path 0.3, ImageFolder) on a train/ + val/
+    tree, shrunk (model width, image size, batch) to run here: it used to end in timm's RandAugment
+    ('invalid literal for int(): 5.0') or, without RandAugment, look for a test/ split."""
+    root = tmp_path / "imagenet"
+    _imagenet_layout(root)
+    code, _, err = run_cli(capsys, "train", "--no-progress", "--output", str(tmp_path / "run"), "--set",
+                           "data.dataset=imagefolder", f"data.root={root}", "model.name=ascan_nano",
+                           "data.image_size=32", "aug.rand_augment=rand-m15-n2", "aug.mixup_alpha=0.8",
+                           "model.drop_path_rate=0.3", "data.batch_size=2", "data.eval_batch_size=2",
+                           "optim.epochs=1", "threads=1", f"model.kwargs={json.dumps(TINY_KWARGS)}")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["completed"] and summary["steps"] == 3  # 6 training images, batch 2
+    assert load_config(None, ["data.dataset=imagefolder"]).data.eval_split == "val"
+    assert load_config(None, []).data.eval_split == "test"
+
+
+@pytest.mark.parametrize(("spec", "timm_magnitude"), [("rand-m15-n2", 5.0), ("rand-m16-n3", 16 / 3)])
+def test_rand_augment_magnitude_reaches_every_op_on_timms_scale(spec, timm_magnitude):
+    from timm.data.auto_augment import RandAugment
+
+    from ascan.classify.config import AugConfig
+    from ascan.data.datasets import imagefolder_transform
+
+    transform = imagefolder_transform(32, train=True, aug=AugConfig(rand_augment=spec))
+    (augment,) = [t for t in transform.transforms if isinstance(t, RandAugment)]
+    assert augment.num_layers == int(spec.rsplit("n", 1)[1])
+    assert [op.magnitude for op in augment.ops] == [pytest.approx(timm_magnitude)] * len(augment.ops)

@@ -36,7 +36,7 @@ TRAIN_DOC = """Train a classifier from a YAML config with command-line overrides
 
     ascan train                                   # ascan_nano on Fashion-MNIST, then the final test eval
     ascan train --config configs/fashion_mnist.yaml --set optim.epochs=3 model.name=resnet18
-    ascan train --set data.dataset=imagefolder data.root=imagenet data.eval_split=val   # runs/classify-imagefolder
+    ascan train --set data.dataset=imagefolder data.root=imagenet       # train/ + val/: runs/classify-imagefolder
     ascan train --resume runs/classify-fashion_mnist              # continue an interrupted run
     ascan train --resume runs/classify-fashion_mnist --epochs 20  # extend it: the cosine stretches to the new end
     ascan train --overwrite                       # start over in a folder that holds a run

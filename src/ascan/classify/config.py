@@ -29,6 +29,9 @@ CROP_PADDING_RANGE = Range(0, 64)
 # The run folder when ``output`` is left empty: named for the task and the data, so a run on another data set
 # never lands in (or is refused by) the Fashion-MNIST run's folder.
 OUTPUT_TEMPLATE = "runs/classify-{dataset}"
+# The evaluation split when ``data.eval_split`` is left empty: each data set's own name for it (ImageNet's
+# ImageFolder layout is train/ + val/; Fashion-MNIST's files are train + test).
+EVAL_SPLITS = {"fashion_mnist": "test", "imagefolder": "val", "shards": "val"}
 
 
 @dataclass
@@ -40,7 +43,7 @@ class DataConfig:
     dataset: str = setting("fashion_mnist", choices=DATASETS)
     root: str | None = None  # None: /usr/share/datasets/fashion-mnist for fashion_mnist
     train_split: str = "train"
-    eval_split: str = "test"  # fashion_mnist: 'test'; imagefolder: sub-folder name, e.g. 'val'
+    eval_split: str = ""  # empty: the data set's own (EVAL_SPLITS: fashion_mnist 'test', imagefolder 'val')
     image_size: int = setting(32, IMAGE_SIZE_RANGE)
     batch_size: int = setting(256, AT_LEAST_ONE)  # global batch: split evenly across DDP processes
     eval_batch_size: int = setting(500, AT_LEAST_ONE)
@@ -106,6 +109,8 @@ class TrainConfig(EpochRunSettings):
     def __post_init__(self) -> None:
         if not self.output:
             self.output = OUTPUT_TEMPLATE.format(dataset=self.data.dataset)
+        if not self.data.eval_split:
+            self.data.eval_split = EVAL_SPLITS[self.data.dataset]
 
 
 @dataclass
@@ -147,6 +152,6 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     generic.save_config(cfg, path)
 
 
-__all__ = ["OUTPUT_TEMPLATE", "AugConfig", "DataConfig", "FinetuneSettings", "ModelConfig", "OptimConfig",
-           "PredictSettings", "TrainConfig", "config_from_dict", "config_to_dict", "load_config", "read_yaml",
-           "save_config"]
+__all__ = ["EVAL_SPLITS", "OUTPUT_TEMPLATE", "AugConfig", "DataConfig", "FinetuneSettings", "ModelConfig",
+           "OptimConfig", "PredictSettings", "TrainConfig", "config_from_dict", "config_to_dict", "load_config",
+           "read_yaml", "save_config"]

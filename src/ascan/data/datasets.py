@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data.auto_augment import RandAugment
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
@@ -142,14 +143,27 @@ def imagefolder_transform(image_size: int, train: bool, aug=None, mean=None, std
     std = std or IMAGENET_DEFAULT_STD
     if not train or aug is None:
         return create_transform(image_size, is_training=False, mean=mean, std=std, crop_pct=EVAL_CROP_PCT)
-    auto_augment = None
+    auto_augment, magnitude = None, None
     if aug.rand_augment:
         num_ops, magnitude = parse_rand_augment(aug.rand_augment)
-        # timm's scale is 0..10 per unit; convert from the 0..30 scale used in configs.
-        auto_augment = f"rand-m{magnitude / TIMM_MAGNITUDE_SCALE:.1f}-n{num_ops}-mstd0.5-inc1"
-    return create_transform(image_size, is_training=True, hflip=aug.hflip, auto_augment=auto_augment,
-                            color_jitter=aug.color_jitter or None, re_prob=aug.random_erasing,
-                            mean=mean, std=std)
+        # timm's config string takes an integer magnitude on its 0..10 scale, ours runs 0..30 (m15 is 5.0 there, m16
+        # 5.33): the string builds the ops, then each op gets the exact magnitude (_set_rand_magnitude).
+        auto_augment = f"rand-m0-n{num_ops}-mstd0.5-inc1"
+    transform = create_transform(image_size, is_training=True, hflip=aug.hflip, auto_augment=auto_augment,
+                                 color_jitter=aug.color_jitter or None, re_prob=aug.random_erasing,
+                                 mean=mean, std=std)
+    if magnitude is not None:
+        _set_rand_magnitude(transform, magnitude / TIMM_MAGNITUDE_SCALE)
+    return transform
+
+
+def _set_rand_magnitude(transform, magnitude: float) -> None:
+    """Every op of the RandAugment inside timm's ``transform`` at ``magnitude`` (timm's 0..10 scale)."""
+    found = [t for t in getattr(transform, "transforms", ()) if isinstance(t, RandAugment)]
+    if len(found) != 1:
+        raise RuntimeError(f"timm's training transform holds {len(found)} RandAugment transforms, expected 1")
+    for op in found[0].ops:
+        op.magnitude = magnitude
 
 
 def imagefolder_dataset(root: str | None, split: str, transform, subset: int | None) -> tuple[Dataset, DatasetInfo]:
