@@ -7,12 +7,15 @@ A missing folder or file, an unknown split or inconsistent files raise :class:`~
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ascan.data.idx import read_idx
 from ascan.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported when the data is read: the scene CLI's --help reads none
+    import torch
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -46,4 +49,6 @@ def load_fashion_mnist(root: str | Path | None = None, split: str = "train") -> 
         raise UserError(f"Fashion-MNIST files in {root} have inconsistent shapes {images.shape} / {labels.shape}")
     if split == "val":
         images, labels = images[-VAL_SIZE:], labels[-VAL_SIZE:]
+    import torch
+
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))

@@ -31,7 +31,7 @@ TASK = "detect"
 
 
 def _eval_parser(sub) -> None:
-    from ascan.engine.runtime import AMP_CHOICES
+    from ascan.engine.settings import AMP_CHOICES
 
     p = sub.add_parser("eval", help="COCO box and mask AP of a trained run")
     add_scoring_options(p)

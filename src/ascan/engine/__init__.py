@@ -6,42 +6,37 @@ checkpoints (every epoch, every N steps/minutes, on SIGTERM/Ctrl-C), ``metrics.c
 ``summary.json``. See :mod:`ascan.engine.task` for the protocol and :mod:`ascan.engine.loop` for the loop (:func:`fit`).
 """
 
-from ascan.engine.distributed import DistInfo, all_reduce_sum, barrier, gather_objects
-from ascan.engine.loop import (
-    FitResult,
-    Loop,
-    RunInfo,
-    build_loop,
-    evaluate_models,
-    fit,
-    fit_run,
-    train_one_epoch,
-    train_step,
-)
-from ascan.engine.rundir import CONFIG_NAME, Run, RunFolder, holds_run, open_run, open_run_folder
-from ascan.engine.runlog import CURVES_PNG, METRICS_CSV, SUMMARY_JSON, plot_curves, write_metrics_csv
-from ascan.engine.runtime import Environment, autocast_dtype, resolve_device, seed_all, session
-from ascan.engine.sampler import EpochBatchSampler, batches_per_epoch
-from ascan.engine.schedule import build_optimizer, cosine_with_warmup
-from ascan.engine.settings import (
-    EpochOptimSettings,
-    EpochRunSettings,
-    FitConfig,
-    OptimSettings,
-    RunSettings,
-    fit_config,
-)
-from ascan.engine.state import (
-    CHECKPOINT_NAME,
-    TrainingState,
-    checkpoint_path,
-    load_checkpoint,
-    load_model_state,
-    load_weights_file,
-    save_checkpoint,
-)
-from ascan.engine.stop import StopFlag
-from ascan.engine.task import StepOutput, Task, move_to
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Public name -> the engine module that defines it, imported on first use: the configs import
+# ascan.engine.settings (light), and that must not load the training loop (every --help imports a config).
+_WHERE = {
+    "DistInfo": "distributed", "all_reduce_sum": "distributed", "barrier": "distributed",
+    "gather_objects": "distributed", "FitResult": "loop", "Loop": "loop", "RunInfo": "loop", "build_loop": "loop",
+    "evaluate_models": "loop", "fit": "loop", "fit_run": "loop", "train_one_epoch": "loop", "train_step": "loop",
+    "CONFIG_NAME": "rundir", "Run": "rundir", "RunFolder": "rundir", "holds_run": "rundir", "open_run": "rundir",
+    "open_run_folder": "rundir", "CURVES_PNG": "runlog", "METRICS_CSV": "runlog", "SUMMARY_JSON": "runlog",
+    "plot_curves": "runlog", "write_metrics_csv": "runlog", "Environment": "runtime", "autocast_dtype": "runtime",
+    "resolve_device": "runtime", "seed_all": "runtime", "session": "runtime", "EpochBatchSampler": "sampler",
+    "batches_per_epoch": "sampler", "build_optimizer": "schedule", "cosine_with_warmup": "schedule",
+    "EpochOptimSettings": "settings", "EpochRunSettings": "settings", "FitConfig": "settings",
+    "OptimSettings": "settings", "RunSettings": "settings", "fit_config": "settings", "CHECKPOINT_NAME": "state",
+    "TrainingState": "state", "checkpoint_path": "state", "load_checkpoint": "state", "load_model_state": "state",
+    "load_weights_file": "state", "save_checkpoint": "state", "StopFlag": "stop", "StepOutput": "task",
+    "Task": "task", "move_to": "task"
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"ascan.engine.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ascan.engine' has no attribute {name!r}")
+
 
 __all__ = ["CHECKPOINT_NAME", "CONFIG_NAME", "CURVES_PNG", "DistInfo", "Environment", "EpochBatchSampler",
            "EpochOptimSettings", "EpochRunSettings", "FitConfig", "FitResult", "Loop", "METRICS_CSV", "OptimSettings",

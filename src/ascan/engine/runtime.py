@@ -9,20 +9,15 @@ from dataclasses import dataclass
 import torch
 from timm.utils import random_seed
 
-from ascan.config import Pattern
 from ascan.engine.distributed import DistInfo, cleanup_distributed, init_distributed
+from ascan.engine.settings import AMP_CHOICES, COMPILE_CHOICES, DEVICE_AUTO, DEVICE_NAME
 from ascan.errors import UserError
 
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-COMPILE_CHOICES = ("auto", "on", "off")
 # torch.compile of a training step costs up to ~100 s on 2 CPU cores with a cold inductor cache (seconds once
 # cached) and makes a small model's steps about 1.3x faster (BENCHMARKS.md, "Training the main job"): it pays
 # for itself after a few thousand steps cold, at once warm, so 'auto' compiles runs planned at least this long
 # and leaves short ones (tests, smoke runs) eager.
 COMPILE_AUTO_MIN_STEPS = 1000
-DEVICE_AUTO = "auto"
-# The devices a run may name (torch.device takes more: 'meta', 'mps', 'xpu', ... which ascan does not run on).
-DEVICE_NAME = Pattern(r"auto|cpu|cuda(:\d+)?", "'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
 @dataclass(frozen=True)

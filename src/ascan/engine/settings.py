@@ -11,8 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ascan.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check_ranges, setting
-from ascan.engine.runtime import AMP_CHOICES, COMPILE_CHOICES, DEVICE_NAME
+from ascan.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Pattern, Range, check_ranges, setting
+
+# Light on purpose (no torch): every config, and so every --help, imports this module.
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+COMPILE_CHOICES = ("auto", "on", "off")
+DEVICE_AUTO = "auto"
+# The devices a run may name (torch.device takes more: 'meta', 'mps', 'xpu', ... which ascan does not run on).
+DEVICE_NAME = Pattern(r"auto|cpu|cuda(:\d+)?", "'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 MINUTES_PER_WEEK = 7 * 24 * 60
 EMA_DECAY_RANGE = Range(0.0, 1.0, low_open=True, high_open=True)

@@ -44,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from ascan.export.source import run_task
-
     args = build_parser().parse_args(argv)
+    from ascan.export.source import run_task  # reads the source: torch and timm, not needed for --help
+
     task = run_task(args.run)
     if task not in (None, "classify"):  # another task's run: its own export verb builds its model
         if args.weights or args.model_kwargs:

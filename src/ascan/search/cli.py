@@ -26,11 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-from ascan.config import Range
+from ascan.config import AT_LEAST_ONE, Range
 from ascan.errors import UserError
-from ascan.layout import LayoutError, check_asymmetric, parse_layout
 from ascan.paths import check_output_folder
-from ascan.runargs import doc_parser
+from ascan.runargs import doc_parser, ranged
 
 DEFAULT_OUTPUT = "runs/search"
 DEFAULT_STUDY = "ascan-search"
@@ -49,6 +48,8 @@ REPEATS_RANGE = Range(1, 100)
 DEPTH_RANGE = Range(1, 16)
 CALIBRATION_LAYOUTS = 4
 VALIDATE_RANGE = Range(1, 1000)
+FINAL_EPOCHS_RANGE = Range(1, 10_000)
+SEED_RANGE = Range(0, 2**31 - 1)
 VALIDATION_CSV = "latency_validation.csv"
 SAMPLE_TRIES = 200_000
 
@@ -62,34 +63,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna database URL (default: sqlite:///<output>/study.db)")
     p.add_argument("--study-name", default=DEFAULT_STUDY)
     p.add_argument("--phase", choices=("all", "trials", "report", "validate"), default="all")
-    p.add_argument("--validate-layouts", type=int, default=20,
+    p.add_argument("--validate-layouts", type=ranged(int, VALIDATE_RANGE), default=20,
                    help="held-out random layouts the validate phase measures against the prediction")
     b = p.add_mutually_exclusive_group()
-    b.add_argument("--budget-ms", type=float, help="latency budget, ms per batch (predicted)")
-    b.add_argument("--budget-ratio", type=float, help="budget as a fraction of --reference's predicted latency")
+    b.add_argument("--budget-ms", type=ranged(float, BUDGET_MS_RANGE), help="latency budget, ms per batch (predicted)")
+    b.add_argument("--budget-ratio", type=ranged(float, RATIO_RANGE),
+                   help="budget as a fraction of --reference's predicted latency")
     p.add_argument("--reference", default=DEFAULT_REFERENCE, help="reference layout for --budget-ratio and the final")
     p.add_argument("--letters", default="C,CT,CT,CT", help="letters each stage may hold, comma-separated")
     p.add_argument("--depths", default="1-2,1-4,1-4,1-4", help="min-max blocks per stage, comma-separated")
     p.add_argument("--no-rules", action="store_true", help="allow layouts that break the paper's rules")
-    p.add_argument("--trials", type=int, default=40, help="finished trials the study should hold (all workers)")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--trials", type=ranged(int, TRIALS_RANGE), default=40,
+                   help="finished trials the study should hold (all workers)")
+    p.add_argument("--seed", type=ranged(int, SEED_RANGE), default=0, help="sampler seed")
     p.add_argument("--config", help="base training YAML (default: the main job's configs/fashion_mnist.yaml)")
-    p.add_argument("--proxy-train", type=int, default=6000, help="training images per proxy trial")
-    p.add_argument("--proxy-eval", type=int, default=2000,
+    p.add_argument("--proxy-train", type=ranged(int, AT_LEAST_ONE), default=6000,
+                   help="training images per proxy trial")
+    p.add_argument("--proxy-eval", type=ranged(int, AT_LEAST_ONE), default=2000,
                    help="validation images (the last 10k of the training split) the proxy scores on")
-    p.add_argument("--proxy-epochs", type=int, default=3)
-    p.add_argument("--final-top", type=int, default=3, help="best layouts trained fully in the report phase")
-    p.add_argument("--final-seeds", type=int, default=1)
-    p.add_argument("--final-epochs", type=int, help="epochs of the full trainings (default: the config's)")
-    p.add_argument("--batch", type=int, default=256, help="batch of the latency measurements")
+    p.add_argument("--proxy-epochs", type=ranged(int, AT_LEAST_ONE), default=3)
+    p.add_argument("--final-top", type=ranged(int, TOP_RANGE), default=3,
+                   help="best layouts trained fully in the report phase")
+    p.add_argument("--final-seeds", type=ranged(int, SEEDS_RANGE), default=1)
+    p.add_argument("--final-epochs", type=ranged(int, FINAL_EPOCHS_RANGE),
+                   help="epochs of the full trainings (default: the config's)")
+    p.add_argument("--batch", type=ranged(int, BATCH_RANGE), default=256, help="batch of the latency measurements")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16", help="latency dtype (bf16: autocast)")
-    p.add_argument("--timing-repeats", type=int, default=5, help="interleaved rounds per latency measurement")
+    p.add_argument("--timing-repeats", type=ranged(int, REPEATS_RANGE), default=5,
+                   help="interleaved rounds per latency measurement")
     return p
-
-
-def _check(name: str, value, valid: Range) -> None:
-    if value is not None and value not in valid:
-        raise UserError(f"{name} must be in {valid}, got {value}")
 
 
 def parse_priors(letters: str, depths: str, rules: bool):
@@ -198,13 +200,8 @@ def proxy_objective(out: Path, proxy):
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    for name, value, valid in (("--trials", args.trials, TRIALS_RANGE), ("--budget-ms", args.budget_ms,
-                               BUDGET_MS_RANGE), ("--budget-ratio", args.budget_ratio, RATIO_RANGE),
-                               ("--final-top", args.final_top, TOP_RANGE), ("--final-seeds", args.final_seeds,
-                               SEEDS_RANGE), ("--batch", args.batch, BATCH_RANGE), ("--timing-repeats",
-                               args.timing_repeats, REPEATS_RANGE), ("--final-epochs", args.final_epochs,
-                               Range(1, 10_000))):
-        _check(name, value, valid)
+    from ascan.layout import LayoutError, parse_layout  # the block registry imports torch: not for --help
+
     try:
         parse_layout(args.reference)
     except LayoutError as err:
@@ -216,7 +213,6 @@ def main(argv: list[str]) -> int:
         proxy = ProxySettings(args.proxy_train, args.proxy_eval, args.proxy_epochs, config=args.config)
     except ValueError as err:
         raise UserError(f"proxy: {err}") from None
-    _check("--validate-layouts", args.validate_layouts, VALIDATE_RANGE)
     if args.budget_ms is None and args.budget_ratio is None and not args.resume and args.phase != "validate":
         raise UserError("give --budget-ms or --budget-ratio")
     out = Path(args.output)
@@ -280,6 +276,8 @@ def best_layouts(trials, top: int) -> list[str]:
 
 
 def report_phase(args, out: Path, study, table, proxy, plan) -> None:
+    from ascan.layout import check_asymmetric
+
     """Measure, plot, fully train the best few and the reference, and name the winners."""
     from optuna.trial import TrialState
 

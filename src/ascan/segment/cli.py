@@ -40,7 +40,7 @@ def add_scoring_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _eval_parser(sub) -> None:
-    from ascan.engine.runtime import AMP_CHOICES
+    from ascan.engine.settings import AMP_CHOICES
 
     p = sub.add_parser("eval", help="mIoU and pixel accuracy of a trained segmenter")
     add_scoring_options(p)
