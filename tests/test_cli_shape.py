@@ -4,6 +4,7 @@ the launcher: each one line, exit 2, through ``ascan.cli``."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -138,6 +139,28 @@ def test_help_does_not_import_torch():
     imported = {line.rsplit("|", 1)[-1].strip() for line in probe.stderr.splitlines() if "|" in line}
     assert probe.returncode == 0 and "ascan.extras" in imported  # the dispatcher did run
     assert "torch" not in imported and "timm" not in imported and "ascan.flops" not in imported
+
+
+def test_every_commands_help_does_not_import_torch():
+    """Every ``ascan <task> <verb> --help`` and ``ascan <tool> --help``, in one interpreter that is the CLI (as
+    ``sys.orig_argv`` says, which keeps ``import ascan`` from registering models): none of them imports torch,
+    timm or the FLOP counter (the parsers are built from light modules only)."""
+    helps = [[task, verb, "--help"] for task, spec in cli.TASKS.items() for verb in spec.verbs]
+    helps += [[tool, "--help"] for tool in cli.TOOLS] + [[short, "--help"] for short in cli.SHORT_FORMS]
+    code = """import json, sys
+sys.orig_argv = [sys.executable, "-m", "ascan.cli"]
+from ascan.cli import main
+for argv in json.loads(sys.argv[1]):
+    try:
+        main(argv)
+    except SystemExit as stop:
+        assert stop.code == 0, argv
+print(sorted(m for m in ("torch", "timm", "ascan.flops") if m in sys.modules))
+"""
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(helps)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_import_registers_every_model_outside_the_cli():
