@@ -385,3 +385,15 @@ def test_rand_augment_magnitude_reaches_every_op_on_timms_scale(spec, timm_magni
     (augment,) = [t for t in transform.transforms if isinstance(t, RandAugment)]
     assert augment.num_layers == int(spec.rsplit("n", 1)[1])
     assert [op.magnitude for op in augment.ops] == [pytest.approx(timm_magnitude)] * len(augment.ops)
+
+
+@pytest.mark.parametrize("task", ["segment", "detect", "generate"])
+def test_resuming_a_classifier_run_as_another_task_is_refused_naming_both(fm_run, capsys, task):
+    code, _, err = run_cli(capsys, task, "train", "--resume", str(fm_run), "--print-config")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "is a classify run, not a" in err and task in err
+
+
+def test_exported_weights_cannot_be_resumed(fm_run, capsys):
+    code, _, err = run_cli(capsys, "train", "--resume", str(fm_run / "model_ema.safetensors"), "--print-config")
+    assert code == 2 and "exported weights cannot be resumed" in err

@@ -157,24 +157,28 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_config: str, set_
 
 
 def resolve_run_config(args: argparse.Namespace, load_config: Callable[..., Any], default_config: str,
-                       shortcuts: dict[str, str]) -> Any:
+                       shortcuts: dict[str, str], task: str) -> Any:
     """The config a run starts (or resumes) with; ``shortcuts`` maps flags (``args`` names) to the config keys
-    they set, each one given becoming a ``key=value`` override before ``--set``'s."""
+    they set, each one given becoming a ``key=value`` override before ``--set``'s. A resumed run is read by the
+    one run reader (:func:`ascan.engine.trained.read_run`): a run of another task than ``task`` is refused."""
     if args.resume and args.overwrite:
         raise UserError("--resume continues a run and --overwrite replaces it: give one of them")
     overrides = [f"{key}={getattr(args, name)}" for name, key in shortcuts.items() if getattr(args, name) is not None]
     overrides += (["progress=false"] if args.no_progress else []) + list(args.overrides)
     if args.resume:
-        from ascan.engine import checkpoint_path, load_checkpoint
+        from ascan.engine.trained import WEIGHTS_SUFFIX, read_run
         from ascan.model_kwargs import check_config_model_kwargs
 
         if any(item.startswith("output=") for item in overrides):
             raise UserError("--resume continues a run in its own folder: leave out the output folder")
-        state = load_checkpoint(args.resume)
+        if Path(args.resume).suffix == WEIGHTS_SUFFIX:
+            raise UserError(f"--resume {args.resume}: exported weights cannot be resumed; give the run folder "
+                            "(or its last.pt)")
+        run = read_run(args.resume, task)
         run_dir = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
-        base = dict(state["config"], output=str(run_dir))
+        base = dict(run.config, output=str(run_dir))
         # The run's own model kwargs, named as the file's (the merged config's pass the model builder's check).
-        check_config_model_kwargs(load_config(None, [], base=base), str(checkpoint_path(args.resume)))
+        check_config_model_kwargs(load_config(None, [], base=base), str(run.source))
         return load_config(args.config, overrides, base=base)
     return load_config(args.config or bundled_config(default_config), overrides)
 

@@ -158,7 +158,7 @@ def _set_threads(threads: int | None) -> None:
 def _train(args: argparse.Namespace) -> int:
     from ascan.classify.train import train
 
-    cfg = resolve_run_config(args, load_config, DEFAULT_CONFIG, EPOCH_SHORTCUTS)
+    cfg = resolve_run_config(args, load_config, DEFAULT_CONFIG, EPOCH_SHORTCUTS, "classify")
     return run_training(args, cfg, train, "classify", args.argv)
 
 

@@ -68,7 +68,7 @@ def _train(args: argparse.Namespace) -> int:
     from ascan.detect.config import load_config
     from ascan.detect.train import train
 
-    return run_training(args, resolve_run_config(args, load_config, DEFAULT_CONFIG, EPOCH_SHORTCUTS), train,
+    return run_training(args, resolve_run_config(args, load_config, DEFAULT_CONFIG, EPOCH_SHORTCUTS, "detect"), train,
                         TASK, args.argv)
 
 

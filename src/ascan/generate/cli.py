@@ -138,7 +138,7 @@ def _train(args: argparse.Namespace) -> int:
     from ascan.generate.text import require_text_encoder
     from ascan.generate.train import train
 
-    cfg = resolve_run_config(args, load_config, DEFAULT_CONFIG, SHORTCUTS)
+    cfg = resolve_run_config(args, load_config, DEFAULT_CONFIG, SHORTCUTS, "generate")
     if cfg.model.cond == "text" and not args.print_config:
         require_text_encoder(cfg.model.text_encoder)
     return run_training(args, cfg, train, "generate", args.argv)

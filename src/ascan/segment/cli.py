@@ -78,7 +78,7 @@ def _train(args: argparse.Namespace) -> int:
     from ascan.segment.config import load_config
     from ascan.segment.train import train
 
-    return run_training(args, resolve_run_config(args, load_config, DEFAULT_CONFIG, EPOCH_SHORTCUTS), train,
+    return run_training(args, resolve_run_config(args, load_config, DEFAULT_CONFIG, EPOCH_SHORTCUTS, "segment"), train,
                         TASK, args.argv)
 
 
