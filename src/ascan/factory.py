@@ -21,14 +21,9 @@ from torch import nn
 
 from ascan.errors import UserError
 from ascan.layout import LayoutError
-from ascan.model_kwargs import ASCAN_MODULE_PREFIX, check_model_kwargs, init_parameters, probe_model
+from ascan.model_kwargs import check_model_kwargs, init_parameters, is_ours, probe_model
 
 IMG_SIZE_ARG = "img_size"
-
-
-def is_ours(name: str) -> bool:
-    """Whether ``name`` is one of this package's models (ascan_*, ascan_coatnet_*, neonext_*, ...)."""
-    return timm.is_model(name) and timm.models.model_entrypoint(name).__module__.startswith(ASCAN_MODULE_PREFIX)
 
 
 def _default_size(name: str) -> int | None:

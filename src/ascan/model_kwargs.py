@@ -68,6 +68,12 @@ def init_parameters(cls: type) -> set[str]:
     return names - {"self"}
 
 
+def is_ours(name: str) -> bool:
+    """Whether ``name`` is one of this package's models (ascan_*, ascan_coatnet_*, neonext_*, ...): the one "is
+    ours" check (re-exported by :mod:`ascan.factory`)."""
+    return timm.is_model(name) and timm.models.model_entrypoint(name).__module__.startswith(ASCAN_MODULE_PREFIX)
+
+
 def probe_model(name: str, **kwargs: Any) -> nn.Module:
     """``name`` built to read its structure (class, feature info, classifier shape): on the meta device, else the
     CPU. A constructor that computes on its weights (NeoNeXt's fixed NeoCell matrices) cannot run on the meta
@@ -86,7 +92,7 @@ def allowed_model_kwargs(name: str) -> frozenset[str]:
     if not timm.is_model(name):
         raise UserError(f"unknown model {name!r} (see 'timm.list_models()' or 'ascan info')")
     module = timm.models.model_entrypoint(name).__module__
-    if module.startswith(ASCAN_MODULE_PREFIX):
+    if is_ours(name):
         family_options = getattr(sys.modules[module], "MODEL_OPTIONS", ())
         allowed = (init_parameters(AscanNet) - {"cfg"}) | set(CFG_OVERRIDES) | set(family_options)
     else:
@@ -208,7 +214,7 @@ def estimate_params(name: str, kwargs: Mapping[str, Any]) -> int | None:
     built there (a constructor that computes on its weights) or refuses the kwargs (the real build says why)."""
     try:
         with torch.device("meta"):
-            model = timm.create_model(name, pretrained=False, **kwargs)
+            model = timm.create_model(name, pretrained=False, **kwargs)  # meta only: no CPU fallback as probe_model
     except Exception:  # noqa: BLE001 - any refusal is reported by the real build, with its own message
         return None
     return sum(p.numel() for p in model.parameters())
@@ -243,7 +249,7 @@ def check_model_kwarg_values(name: str, kwargs: Mapping[str, Any], where: str = 
     """Values at every depth: bounded sizes and numbers, declared ranges of the named settings, block settings
     whitelisted per letter, and the parameter limit (:func:`check_param_limit`)."""
     _check_sizes(kwargs, where, key)
-    if is_ascan_model(name):
+    if is_ours(name):
         for item in BLOCK_KWARGS_KEYS:
             if item in kwargs:
                 _block_settings(kwargs[item], where, f"{key}.{item}")
@@ -254,10 +260,6 @@ def check_model_kwarg_values(name: str, kwargs: Mapping[str, Any], where: str = 
             for i, stage in enumerate(stages):
                 _block_settings(stage, where, f"{key}.{item}[{i}]")
     check_param_limit(name, kwargs, where, key)
-
-
-def is_ascan_model(name: str) -> bool:
-    return timm.is_model(name) and timm.models.model_entrypoint(name).__module__.startswith(ASCAN_MODULE_PREFIX)
 
 
 # The model section of each task's config: (name attribute, kwargs attribute) — train, segment, detect.
@@ -277,4 +279,4 @@ def check_config_model_kwargs(cfg: Any, origin: str | None = None) -> None:
 
 __all__ = ["MODEL_SECTIONS", "WEIGHT_LOADING_KWARGS", "allowed_model_kwargs", "check_config_model_kwargs",
            "check_model_kwarg_values", "check_model_kwargs", "check_param_limit", "estimate_params", "init_parameters",
-           "max_model_params", "probe_model"]
+           "is_ours", "max_model_params", "probe_model"]

@@ -15,6 +15,7 @@ from dataclasses import fields
 from ascan.data.scenes import MARKER_NAME, SceneConfig, ensure_scenes, read_marker
 from ascan.errors import UserError
 from ascan.paths import check_output_folder
+from ascan.runargs import add_options, doc_parser
 
 _HELP = {
     "image_size": "side of the square scenes (pixels)",
@@ -32,11 +33,12 @@ _HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ascan scenes", description=__doc__.splitlines()[0])
-    p.add_argument("--root", default="data/scenes", help="output folder (default: data/scenes)")
+    p = doc_parser("ascan scenes", __doc__)
+    p.add_argument("--root", default="data/scenes",
+                   help="the data set's folder, written here and read as data.root (default: data/scenes)")
     p.add_argument("--fashion-mnist", default=None, help="folder of the Fashion-MNIST IDX files "
                    "(default: /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_options(p, "no_progress", no_progress="no progress bar")
     defaults = SceneConfig()
     for f in fields(SceneConfig):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
