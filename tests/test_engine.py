@@ -355,3 +355,20 @@ def test_a_step_counted_runs_bar_counts_its_steps_not_the_epoch(tmp_path, capsys
     _run(tmp_path / "run", epochs=1, max_steps=3, progress=True)
     err = capsys.readouterr().err
     assert "0/3 " in err and f"/{N_SAMPLES // BATCH} " not in err, err
+
+
+def test_loop_settings_shared_with_the_task_configs_are_written_once():
+    """FitConfig takes the defaults and ranges of the settings the task configs also have from those configs: the
+    same value, and the same declared range (a changed default in RunSettings reaches the engine)."""
+    import dataclasses
+
+    from ascan.engine.settings import EpochOptimSettings, EpochRunSettings, FitConfig, OptimSettings, RunSettings
+
+    fit = {f.name: f for f in dataclasses.fields(FitConfig)}
+    for cls in (RunSettings, EpochRunSettings, OptimSettings, EpochOptimSettings):
+        for f in dataclasses.fields(cls):
+            if f.name in fit and f.name not in ("clip_grad",):  # the engine's library default: no clipping
+                assert fit[f.name].default == f.default, f.name
+                assert fit[f.name].metadata == f.metadata, f.name
+    with pytest.raises(ValueError, match="seed"):
+        FitConfig(seed=-1)  # RunSettings' seed range, enforced by the engine too

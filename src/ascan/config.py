@@ -99,6 +99,13 @@ def setting(default: Any = dataclasses.MISSING, valid: Range | Pattern | None = 
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def same_as(cls: type, name: str) -> Any:
+    """A dataclass field with the default and declared range of ``cls``'s field ``name``: a setting two configs
+    share is written once (e.g. the engine's loop settings mirror the task configs' top-level keys)."""
+    source = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return dataclasses.field(default=source.default, default_factory=source.default_factory, metadata=source.metadata)
+
+
 def with_defaults(**defaults: Any) -> Callable[[type[C]], type[C]]:
     """Class decorator, under ``@dataclass``: other defaults for fields the class inherits, ranges and choices kept.
 
@@ -331,4 +338,4 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 __all__ = ["AT_LEAST_ONE", "DROP_RATE", "FRACTION", "NON_NEGATIVE", "POSITIVE", "Pattern", "Range",
            "apply_overrides", "check_ranges", "config_from_dict", "config_to_dict", "deep_merge", "load_config",
-           "parse_override", "read_yaml", "save_config", "setting", "with_defaults"]
+           "parse_override", "read_yaml", "same_as", "save_config", "setting", "with_defaults"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ascan.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Pattern, Range, check_ranges, setting
+from ascan.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Pattern, Range, check_ranges, same_as, setting
 
 # Light on purpose (no torch): every config, and so every --help, imports this module.
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -33,31 +33,6 @@ SEED_RANGE = Range(0, 2**31 - 1)
 # Where fit_config finds a FitConfig setting in a task's config (the others are top-level keys).
 FIT_SECTIONS = {"epochs": "optim", "clip_grad": "optim", "ema_decay": "optim", "ema_warmup": "optim",
                 "batch_size": "data", "num_workers": "data"}
-
-
-@dataclass
-class FitConfig:
-    """How :func:`ascan.engine.fit` trains; what is trained and on which data comes from the task."""
-
-    epochs: int = setting(1, AT_LEAST_ONE)
-    batch_size: int = setting(32, AT_LEAST_ONE)  # global: split evenly across DDP processes
-    max_steps: int | None = setting(None, AT_LEAST_ONE)  # the run ends (completed) after this many steps
-    num_workers: int = setting(0, WORKERS_RANGE)  # 0 keeps resume bit-exact
-    seed: int = 0
-    amp: str = setting("auto", choices=AMP_CHOICES)
-    clip_grad: float | None = setting(None, CLIP_GRAD_RANGE)  # max global gradient norm
-    ema_decay: float | None = setting(None, EMA_DECAY_RANGE)  # None: no model EMA
-    ema_warmup: bool = True  # timm's EMA warm-up: the decay ramps up, so EMA helps short runs too
-    channels_last: bool = False  # the model's memory format (the task converts its inputs)
-    compile: str = setting("off", choices=COMPILE_CHOICES)  # torch.compile the training model ('auto': long runs)
-    eval_every: int = setting(1, EVAL_EVERY_RANGE)  # epochs between evaluations; the last one always
-    checkpoint_every_steps: int | None = setting(None, CHECKPOINT_STEPS_RANGE)  # mid-epoch checkpoints
-    checkpoint_every_minutes: float | None = setting(DEFAULT_CHECKPOINT_MINUTES, CHECKPOINT_MINUTES_RANGE)
-    progress: bool = True  # tqdm bar with loss, lr, img/s and the summary table (rank 0)
-    save_rank_weights: bool = False  # DDP check: every rank writes its final weights
-
-    def __post_init__(self) -> None:
-        check_ranges(self, error=ValueError)  # a misuse by a task: the user-facing check came before
 
 
 @dataclass
@@ -105,6 +80,32 @@ class EpochOptimSettings(OptimSettings):
 
     epochs: int = setting(1, AT_LEAST_ONE)
     ema_warmup: bool = True
+
+
+@dataclass
+class FitConfig:
+    """How :func:`ascan.engine.fit` trains; what is trained and on which data comes from the task. A setting a
+    task's config also has takes its default and range from there (:func:`ascan.config.same_as`): written once."""
+
+    epochs: int = same_as(EpochOptimSettings, "epochs")
+    batch_size: int = setting(32, AT_LEAST_ONE)  # global: split evenly across DDP processes
+    max_steps: int | None = same_as(EpochRunSettings, "max_steps")  # the run ends (completed) after this many steps
+    num_workers: int = setting(0, WORKERS_RANGE)  # 0 keeps resume bit-exact
+    seed: int = same_as(RunSettings, "seed")
+    amp: str = same_as(RunSettings, "amp")
+    clip_grad: float | None = setting(None, CLIP_GRAD_RANGE)  # max global gradient norm (tasks default to 1.0)
+    ema_decay: float | None = same_as(OptimSettings, "ema_decay")  # None: no model EMA
+    ema_warmup: bool = same_as(EpochOptimSettings, "ema_warmup")
+    channels_last: bool = False  # the model's memory format (the task converts its inputs)
+    compile: str = same_as(RunSettings, "compile")  # torch.compile the training model ('auto': long runs)
+    eval_every: int = same_as(RunSettings, "eval_every")  # epochs between evaluations; the last one always
+    checkpoint_every_steps: int | None = same_as(RunSettings, "checkpoint_every_steps")
+    checkpoint_every_minutes: float | None = same_as(RunSettings, "checkpoint_every_minutes")
+    progress: bool = same_as(RunSettings, "progress")  # tqdm bar, loss, lr, img/s, the summary table (rank 0)
+    save_rank_weights: bool = False  # DDP check: every rank writes its final weights
+
+    def __post_init__(self) -> None:
+        check_ranges(self, error=ValueError)  # a misuse by a task: the user-facing check came before
 
 
 def fit_config(cfg: Any, **given: Any) -> FitConfig:
