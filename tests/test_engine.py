@@ -372,3 +372,15 @@ def test_loop_settings_shared_with_the_task_configs_are_written_once():
                 assert fit[f.name].metadata == f.metadata, f.name
     with pytest.raises(ValueError, match="seed"):
         FitConfig(seed=-1)  # RunSettings' seed range, enforced by the engine too
+
+
+def test_a_session_puts_threads_and_determinism_back():
+    """A run inside a longer-lived process (a test session, a notebook) leaves no global torch state behind: the
+    determinism it switched on changed the graphs torch.compile traced for unrelated code afterwards."""
+    from ascan.engine import session
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with session("cpu", threads=threads + 1, deterministic=not deterministic):
+        assert torch.get_num_threads() == threads + 1
+    assert torch.get_num_threads() == threads
+    assert torch.are_deterministic_algorithms_enabled() == deterministic

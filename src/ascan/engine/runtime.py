@@ -54,7 +54,9 @@ def resolve_device(name: str, dist_info: DistInfo) -> torch.device:
 @contextmanager
 def session(device_name: str = DEVICE_AUTO, threads: int | None = None,
             deterministic: bool = False) -> Iterator[Environment]:
-    """Join torchrun's process group (if any), pick the device, set threads/determinism; leave the group after."""
+    """Join torchrun's process group (if any), pick the device, set threads/determinism; leave the group after and
+    put the process's threads and determinism back (a run inside a longer-lived process leaves no global state)."""
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
     dist_info = init_distributed("cuda" if wants_cuda(device_name) else "cpu")
     try:
         device = resolve_device(device_name, dist_info)
@@ -66,6 +68,9 @@ def session(device_name: str = DEVICE_AUTO, threads: int | None = None,
         yield Environment(dist_info, device)
     finally:
         cleanup_distributed()
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
+        torch.backends.cudnn.benchmark = before[2]
 
 
 def cpu_has_fast_bf16() -> bool:
