@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
+from ascan.data.datasets import shards_dataset
 from ascan.data.shards import (
     INDEX_NAME,
     ShardDataset,
@@ -27,7 +28,6 @@ from ascan.data.shards import (
     fashion_mnist_source,
     imagefolder_source,
     round_robin_skips,
-    shards_dataset,
     write_shards,
 )
 from ascan.data.shards_cli import main

@@ -215,6 +215,32 @@ def folder_class_names(root: str | None, split: str) -> tuple[str, ...] | None:
         return None
 
 
+def shards_dataset(root: str | Path | None, split: str, *, image_size: int, train: bool, aug=None,
+                   global_batch: int = 1, seed: int = 0, shuffle_buffer: int | None = None):
+    """``data.dataset=shards``: the ``split`` subfolder of ``root`` (local or a URL) and its
+    :class:`~ascan.data.datasets.DatasetInfo` (classes, channels, statistics from the index), split over
+    torch.distributed's ranks. Training: shuffled (shards + buffer), equal epochs of whole per-rank batches of
+    ``global_batch // world_size``; evaluation: in order, every sample once. RGB shards get the ImageFolder
+    pipeline, grey ones Fashion-MNIST's (the two sources ``ascan shards`` writes)."""
+    from torchvision.transforms import v2
+
+    from ascan.data.shards import DEFAULT_SHUFFLE_BUFFER, ShardDataset, default_rank_world
+
+    if root is None:
+        raise UserError("data.root must name the shard folder (root/<split>/index.json), local or a URL")
+    rank, world_size = default_rank_world()
+    buffer = DEFAULT_SHUFFLE_BUFFER if shuffle_buffer is None else shuffle_buffer
+    dataset = ShardDataset(root, split, rank=rank, world_size=world_size, seed=seed,
+                           shuffle_buffer=buffer if train else 0, equal_epochs=train,
+                           batch_size=max(global_batch // world_size, 1) if train else 1)
+    index = dataset.index
+    if index.channels == RGB_CHANNELS:
+        dataset.transform = imagefolder_transform(image_size, train, aug, index.mean, index.std)
+    else:
+        dataset.transform = v2.Compose([v2.PILToTensor(), fashion_mnist_transform(image_size, train, aug)])
+    return dataset, DatasetInfo(len(index.class_names), index.channels, index.mean, index.std, index.class_names)
+
+
 def build_dataset(data_cfg, aug_cfg, train: bool, seed: int = 0) -> tuple[Dataset, DatasetInfo]:
     """The training or evaluation split named by a :class:`~ascan.classify.config.DataConfig` (``seed``: the
     shuffle of streamed shards, whose order the data set draws itself)."""
@@ -230,8 +256,6 @@ def build_dataset(data_cfg, aug_cfg, train: bool, seed: int = 0) -> tuple[Datase
         transform = imagefolder_transform(data_cfg.image_size, train, aug_cfg)
         return imagefolder_dataset(data_cfg.root, split, transform, subset)
     if data_cfg.dataset == "shards":  # streamed: split by rank and worker in the data set itself
-        from ascan.data.shards import shards_dataset
-
         if subset is not None:
             raise UserError("data.train_subset / data.eval_subset do not apply to shards; write a smaller set")
         return shards_dataset(data_cfg.root, split, image_size=data_cfg.image_size, train=train, aug=aug_cfg,

@@ -268,7 +268,7 @@ def shard_urls(root: str | Path) -> tuple[list[str], ShardIndex]:
     return urls, index
 
 
-def _default_rank_world() -> tuple[int, int]:
+def default_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
@@ -312,7 +312,7 @@ class ShardDataset(IterableDataset):
         if (rank is None) != (world_size is None):
             raise ValueError("give both rank and world_size, or neither")
         if rank is None:
-            rank, world_size = _default_rank_world()
+            rank, world_size = default_rank_world()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         if shuffle_buffer < 0 or batch_size < 1:
@@ -430,28 +430,3 @@ class ShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[tuple[object, int]]:
         info = get_worker_info()
         return self.worker_samples(*((info.id, info.num_workers) if info is not None else (0, 1)))
-
-
-def shards_dataset(root: str | Path | None, split: str, *, image_size: int, train: bool, aug=None,
-                   global_batch: int = 1, seed: int = 0, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER):
-    """``data.dataset=shards``: the ``split`` subfolder of ``root`` (local or a URL) and its
-    :class:`~ascan.data.datasets.DatasetInfo` (classes, channels, statistics from the index), split over
-    torch.distributed's ranks. Training: shuffled (shards + buffer), equal epochs of whole per-rank batches of
-    ``global_batch // world_size``; evaluation: in order, every sample once. RGB shards get the ImageFolder
-    pipeline, grey ones Fashion-MNIST's (the two sources ``ascan shards`` writes)."""
-    from torchvision.transforms import v2
-
-    from ascan.data.datasets import RGB_CHANNELS, DatasetInfo, fashion_mnist_transform, imagefolder_transform
-
-    if root is None:
-        raise UserError("data.root must name the shard folder (root/<split>/index.json), local or a URL")
-    rank, world_size = _default_rank_world()
-    dataset = ShardDataset(root, split, rank=rank, world_size=world_size, seed=seed,
-                           shuffle_buffer=shuffle_buffer if train else 0,
-                           batch_size=max(global_batch // world_size, 1) if train else 1, equal_epochs=train)
-    index = dataset.index
-    if index.channels == RGB_CHANNELS:
-        dataset.transform = imagefolder_transform(image_size, train, aug, index.mean, index.std)
-    else:
-        dataset.transform = v2.Compose([v2.PILToTensor(), fashion_mnist_transform(image_size, train, aug)])
-    return dataset, DatasetInfo(len(index.class_names), index.channels, index.mean, index.std, index.class_names)
