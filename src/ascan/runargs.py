@@ -183,6 +183,29 @@ def resolve_run_config(args: argparse.Namespace, load_config: Callable[..., Any]
     return load_config(args.config or bundled_config(default_config), overrides)
 
 
+def train_verb(args: argparse.Namespace, task: str, default_config: str, shortcuts: dict[str, str] = EPOCH_SHORTCUTS,
+               check: Callable[[Any], None] | None = None) -> int:
+    """The ``train`` verb of every task: the config (``ascan.<task>.config.load_config``) resolved from the command
+    line, ``check``-ed (what the task needs beyond its ranges), then trained (``ascan.<task>.train.train``) here or,
+    with ``--nproc-per-node``, in processes launched by torchrun."""
+    import importlib
+
+    load_config = importlib.import_module(f"ascan.{task}.config").load_config
+    cfg = resolve_run_config(args, load_config, default_config, shortcuts, task)
+    if check is not None and not args.print_config:
+        check(cfg)
+    return run_training(args, cfg, importlib.import_module(f"ascan.{task}.train").train, task, args.argv)
+
+
+def verb_of_predict(args: argparse.Namespace, task: str, default_config: str) -> int:
+    """A dense task's verb: ``train`` (:func:`train_verb`), else ``ascan.<task>.predict.run_<verb>(args)``."""
+    import importlib
+
+    if args.command == "train":
+        return train_verb(args, task, default_config)
+    return getattr(importlib.import_module(f"ascan.{task}.predict"), f"run_{args.command}")(args)
+
+
 def check_launch(cfg: Any, nproc: int) -> None:
     """What would fail in every worker, checked once before torchrun starts them."""
     batch = getattr(getattr(cfg, "data", None), "batch_size", None)

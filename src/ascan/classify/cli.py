@@ -15,18 +15,10 @@ import argparse
 import json
 import sys
 
-from ascan.classify.config import DATASETS, IMAGE_SIZE_RANGE, FinetuneSettings, PredictSettings, load_config
+from ascan.classify.config import DATASETS, IMAGE_SIZE_RANGE, FinetuneSettings, PredictSettings
 from ascan.config import AT_LEAST_ONE
 from ascan.engine.settings import LR_RANGE
-from ascan.runargs import (
-    EPOCH_SHORTCUTS,
-    add_options,
-    add_run_arguments,
-    command_parser,
-    ranged,
-    resolve_run_config,
-    run_training,
-)
+from ascan.runargs import add_options, add_run_arguments, command_parser, ranged, train_verb
 
 DEFAULT_CONFIG = "fashion_mnist.yaml"
 RUN_HELP = "run folder, its last.pt, or an exported .safetensors of a classifier"
@@ -156,10 +148,7 @@ def _set_threads(threads: int | None) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ascan.classify.train import train
-
-    cfg = resolve_run_config(args, load_config, DEFAULT_CONFIG, EPOCH_SHORTCUTS, "classify")
-    return run_training(args, cfg, train, "classify", args.argv)
+    return train_verb(args, "classify", DEFAULT_CONFIG)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -16,13 +16,11 @@ import argparse
 
 from ascan.config import FRACTION
 from ascan.runargs import (
-    EPOCH_SHORTCUTS,
     add_options,
     command_parser,
     ranged,
-    resolve_run_config,
-    run_training,
     train_subcommand,
+    verb_of_predict,
 )
 from ascan.segment.cli import AMP_HELP, add_scoring_options
 
@@ -64,23 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     return command_parser("ascan detect", __doc__, train_command, _eval_parser, _predict_parser, _export_parser)
 
 
-def _train(args: argparse.Namespace) -> int:
-    from ascan.detect.config import load_config
-    from ascan.detect.train import train
-
-    return run_training(args, resolve_run_config(args, load_config, DEFAULT_CONFIG, EPOCH_SHORTCUTS, "detect"), train,
-                        TASK, args.argv)
-
-
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv[1:]  # the verb's own arguments (what --nproc-per-node's processes get)
-    if args.command == "train":
-        return _train(args)
-    if args.command == "eval":
-        from ascan.detect.predict import run_eval
-
-        return run_eval(args)
-    from ascan.detect.predict import run_export, run_predict
-
-    return run_predict(args) if args.command == "predict" else run_export(args)
+    return verb_of_predict(args, TASK, DEFAULT_CONFIG)

@@ -38,7 +38,7 @@ from ascan.generate.choices import (
     OBJECTIVES,
     SAMPLE_METHODS,
 )
-from ascan.runargs import add_options, add_run_arguments, command_parser, ranged, resolve_run_config, run_training
+from ascan.runargs import add_options, add_run_arguments, command_parser, ranged, train_verb
 
 DEFAULT_CONFIG = "generate_fashion_mnist.yaml"
 SHORTCUTS = {"output": "output", "steps": "optim.steps", "cond": "model.cond", "model": "model.arch",
@@ -134,14 +134,13 @@ def _run_first(argv: list[str]) -> list[str]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ascan.generate.config import load_config
     from ascan.generate.text import require_text_encoder
-    from ascan.generate.train import train
 
-    cfg = resolve_run_config(args, load_config, DEFAULT_CONFIG, SHORTCUTS, "generate")
-    if cfg.model.cond == "text" and not args.print_config:
-        require_text_encoder(cfg.model.text_encoder)
-    return run_training(args, cfg, train, "generate", args.argv)
+    def check(cfg) -> None:
+        if cfg.model.cond == "text":
+            require_text_encoder(cfg.model.text_encoder)
+
+    return train_verb(args, "generate", DEFAULT_CONFIG, SHORTCUTS, check)
 
 
 def _load(args: argparse.Namespace):

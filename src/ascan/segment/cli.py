@@ -18,13 +18,11 @@ import sys
 
 from ascan.config import AT_LEAST_ONE, FRACTION
 from ascan.runargs import (
-    EPOCH_SHORTCUTS,
     add_options,
     command_parser,
     ranged,
-    resolve_run_config,
-    run_training,
     train_subcommand,
+    verb_of_predict,
 )
 
 DEFAULT_CONFIG = "segment_scenes.yaml"
@@ -74,26 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     return command_parser("ascan segment", __doc__, train_command, _eval_parser, _predict_parser, _export_parser)
 
 
-def _train(args: argparse.Namespace) -> int:
-    from ascan.segment.config import load_config
-    from ascan.segment.train import train
-
-    return run_training(args, resolve_run_config(args, load_config, DEFAULT_CONFIG, EPOCH_SHORTCUTS, "segment"), train,
-                        TASK, args.argv)
-
-
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv[1:]  # the verb's own arguments (what --nproc-per-node's processes get)
-    if args.command == "train":
-        return _train(args)
-    if args.command == "eval":
-        from ascan.segment.predict import run_eval
+    return verb_of_predict(args, TASK, DEFAULT_CONFIG)
 
-        return run_eval(args)
-    from ascan.segment.predict import run_export, run_predict
-
-    return run_predict(args) if args.command == "predict" else run_export(args)
 
 
 if __name__ == "__main__":
