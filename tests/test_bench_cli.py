@@ -28,7 +28,8 @@ def _run(capsys, *args: str) -> tuple[int, str, str]:
     ("args", "message"),
     [
         (["no_such_model_xyz"], "unknown model"),
-        (["test_vit", "--batch-sizes", "0"], "batch sizes must be positive"),
+        (["test_vit", "--batch-sizes", "0"], "--batch-sizes must each be in [1, 4096]"),
+        (["test_vit", "--batch-sizes", "100000000"], "--batch-sizes must each be in [1, 4096]"),
         (["test_vit", "--batch-sizes", "a,b"], "comma-separated integers"),
         (["test_vit", "--dtype", "fp8"], "invalid choice"),
         (["test_vit", "--preset", "nope"], "unknown preset"),

@@ -38,6 +38,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Per-model options of --setup: memory format and cast.
 SETUP_OPTIONS = ("cl", "nchw") + CASTS
 PEAK_TFLOPS_RANGE = Range(0.0, math.inf, low_open=True, high_open=True)
+BATCH_RANGE = Range(1, 4096)  # one timed batch: above this a 224-px batch alone exceeds any machine's memory
 MODES = ("infer", "train")
 FUSED_SUFFIX = "+fused"
 # Training-step cost is counted on a batch of this size (BatchNorm in train mode needs > 1 sample).
@@ -152,8 +153,8 @@ def check_config(cfg: BenchConfig) -> None:
         raise UserError("no models given: name some, or use --preset")
     if len(set(cfg.models)) != len(cfg.models):
         raise UserError("a model is listed twice")
-    if not cfg.batch_sizes or any(b < 1 for b in cfg.batch_sizes):
-        raise UserError(f"batch sizes must be positive integers, got {list(cfg.batch_sizes)}")
+    if not cfg.batch_sizes or any(b not in BATCH_RANGE for b in cfg.batch_sizes):
+        raise UserError(f"--batch-sizes must each be in {BATCH_RANGE}, got {list(cfg.batch_sizes)}")
     check_ranges(cfg, as_flags=True)  # every field's declared range or choices, named as its option
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but no CUDA GPU is available on this machine")
