@@ -51,3 +51,20 @@ def test_save_safetensors_round_trip_with_metadata(tmp_path):
 
     with safe_open(str(tmp_path / "m.safetensors"), "pt") as handle:
         assert handle.metadata() == {"model": "ascan_nano"}
+
+
+def test_a_folder_that_takes_no_new_file_is_one_user_error_naming_the_target(tmp_path, monkeypatch):
+    """/proc (or any folder whose mkstemp fails with an errno that is not a write refusal, e.g. ENOENT) used to
+    surface as a FileNotFoundError naming the temporary file."""
+    import errno
+    import tempfile
+
+    from ascan.errors import UserError
+
+    def no_new_file(*args, **kwargs):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / ".x.abcdefgh.tmp.png"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_new_file)
+    with pytest.raises(UserError, match=r"cannot write .*x\.png: .* takes no new file"):
+        atomic_write(tmp_path / "x.png", lambda tmp: None)
+    assert list(tmp_path.iterdir()) == []

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ascan.errors import UserError
 from ascan.paths import WRITE_ERRNOS
 
 _FILE_MODE = 0o666  # before the umask, as open() would create it (mkstemp's own mode is 0o600)
@@ -50,8 +51,11 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=TEMP_MARK + path.suffix)
-    except OSError as err:
-        raise (write_refused(err, path) or err) from None
+    except OSError as err:  # the folder takes no new file (read-only, full, /proc, ...): nothing was written
+        refused = write_refused(err, path)
+        if refused is not None:
+            raise refused from None
+        raise UserError(f"cannot write {path}: {path.parent} takes no new file ({err.strerror})") from None
     os.close(fd)
     refused = None
     try:
