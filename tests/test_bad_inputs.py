@@ -380,11 +380,14 @@ def test_sigterm_to_the_ddp_launcher_leaves_no_orphans(tmp_path, data_root):
     output = tmp_path / "run"
     command = [sys.executable, "-m", "ascan.cli", "train", "--nproc-per-node", "2", "--output", str(output),
                "--no-progress", "--set", f"data.root={data_root}", "data.batch_size=2", "optim.epochs=1000",
-               *TINY_MODEL]
+               "checkpoint_every_steps=50", *TINY_MODEL]
     launcher = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not (output / "config.yaml").exists():
-        time.sleep(0.5)
+    # A first checkpoint: the workers are in the training loop, their stop handlers installed (a SIGTERM before
+    # that, while they load data and build the model, ends them with nothing trained and nothing to save).
+    while time.time() < deadline and not (output / "last.pt").exists():
+        time.sleep(0.2)
+    (output / "last.pt").unlink()
     processes = _descendants(launcher.pid)
     launcher.send_signal(signal.SIGTERM)
     try:

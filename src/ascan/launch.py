@@ -2,7 +2,10 @@
 
 The launcher process checks what would fail in every worker once (:func:`ascan.runargs.check_launch`: the
 config, the output folder), then starts ``python -m ascan.cli <task> train <argv>`` minus the
-``--nproc-per-node`` option under ``torch.distributed.run --standalone``. torchrun runs in its own session
+launcher's options under ``torch.distributed.run``: ``--standalone`` on one machine, a c10d rendezvous across
+several (``--nnodes``, ``--rdzv-endpoint``, ``--rdzv-id``, the same command on every machine). With
+``--max-restarts N`` torchrun restarts a failed worker group, and the restarted workers resume the run from its
+last checkpoint by themselves (:func:`restart_count`; ``ascan.runargs.run_training``). torchrun runs in its own session
 (process group); a SIGTERM, SIGINT (Ctrl-C) or SIGHUP to the launcher is passed on to it once: torchrun stops
 its workers (each writes its checkpoint) and exits, and the launcher waits for that, so no worker outlives it.
 
@@ -15,6 +18,7 @@ the launcher relays torchrun's stderr (the workers' too) as it comes, drops what
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -26,8 +30,10 @@ from pathlib import Path
 from ascan.errors import EXIT_INTERRUPTED, UserError
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # passed on to torchrun by the launcher
-NPROC_OPTION = "--nproc-per-node"
 WORKER_ENV = "WORLD_SIZE"  # set by torchrun in every worker
+# The launcher's own options (torchrun's, ascan's spelling): taken off the command line each worker gets.
+LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint", "--rdzv-id", "--max-restarts")
+DEFAULT_RDZV_ID = "ascan"
 ERROR_FILE_ENV = "ASCAN_LAUNCHER_ERROR_FILE"  # where a worker leaves its user error for the launcher
 OMP_THREADS_ENV = "OMP_NUM_THREADS"
 RELAY_CHUNK = 65536  # bytes read from torchrun's stderr at a time (progress bars end lines with \r, not \n)
@@ -54,16 +60,42 @@ def report_user_error(message: str) -> bool:
     return True
 
 
-def _without_nproc(argv: list[str]) -> list[str]:
+def restart_count() -> int:
+    """How often torchrun restarted this worker's group (0: the first start, or no torchrun)."""
+    from ascan.engine.distributed import RESTART_COUNT_ENV
+
+    return int(os.environ.get(RESTART_COUNT_ENV, "0"))
+
+
+def wants_launch(args: argparse.Namespace) -> bool:
+    """Whether ``args`` ask for torchrun (more than one process, or more than one machine) and this process is not
+    already one of its workers."""
+    return (args.nproc_per_node > 1 or args.nnodes > 1 or args.rdzv_endpoint is not None) and not in_worker()
+
+
+def _without_launch_options(argv: list[str]) -> list[str]:
     rest, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == NPROC_OPTION:
+        elif arg in LAUNCH_OPTIONS:
             skip = True
-        elif not arg.startswith(f"{NPROC_OPTION}="):
+        elif not arg.startswith(tuple(f"{option}=" for option in LAUNCH_OPTIONS)):
             rest.append(arg)
     return rest
+
+
+def torchrun_options(args: argparse.Namespace) -> list[str]:
+    """torchrun's options for ``args``: one machine ``--standalone``; several a c10d rendezvous at
+    ``--rdzv-endpoint`` (every machine runs the same command; the one whose address the endpoint names hosts
+    it). ``--max-restarts`` lets torchrun restart a failed worker group; the run then resumes by itself."""
+    options = [f"--nproc_per_node={args.nproc_per_node}", f"--max_restarts={args.max_restarts}"]
+    if args.nnodes == 1 and args.rdzv_endpoint is None:
+        return ["--standalone", *options]
+    if args.rdzv_endpoint is None:
+        raise UserError(f"--nnodes {args.nnodes} needs --rdzv-endpoint HOST:PORT (the same on every machine)")
+    return [*options, f"--nnodes={args.nnodes}", f"--node_rank={args.node_rank}", "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={args.rdzv_endpoint}", f"--rdzv_id={args.rdzv_id}"]
 
 
 def _relay(source: int, error_file: Path) -> None:
@@ -80,13 +112,14 @@ def _relay(source: int, error_file: Path) -> None:
     os.close(source)
 
 
-def launch(task: str, argv: list[str], nproc: int, output: str) -> int:
-    """Run ``ascan <task> train <argv>`` in ``nproc`` processes under torchrun; its exit status (130 if stopped).
+def launch(task: str, argv: list[str], args: argparse.Namespace, output: str) -> int:
+    """Run ``ascan <task> train <argv>`` under torchrun as ``args`` ask (:func:`torchrun_options`); its exit status
+    (130 if stopped).
 
     A worker's user error is raised here as a :class:`UserError` (one line, exit 2 through ``ascan.cli``).
     """
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "ascan.cli", task, "train", *_without_nproc(argv)]
+    command = [sys.executable, "-m", "torch.distributed.run", *torchrun_options(args),
+               "-m", "ascan.cli", task, "train", *_without_launch_options(argv)]
     with tempfile.TemporaryDirectory(prefix="ascan-launch-") as scratch:
         error_file = Path(scratch) / "user-error.txt"
         # torchrun sets OMP_NUM_THREADS=1 for its workers anyway; set here, it spares the user its 4-line banner.
@@ -120,4 +153,5 @@ def launch(task: str, argv: list[str], nproc: int, output: str) -> int:
     return code
 
 
-__all__ = ["ERROR_FILE_ENV", "in_worker", "launch", "report_user_error"]
+__all__ = ["ERROR_FILE_ENV", "in_worker", "launch", "report_user_error", "restart_count", "torchrun_options",
+           "wants_launch"]

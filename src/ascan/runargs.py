@@ -82,6 +82,9 @@ def ranged(kind: type, valid: Range) -> Callable[[str], Any]:
 
 THREADS_RANGE = Range(1, 1024)
 NPROC_RANGE = Range(1, 1024)  # processes torchrun starts on one machine
+NNODES_RANGE = Range(1, 4096)  # machines in one job
+NODE_RANK_RANGE = Range(0, 4095)
+MAX_RESTARTS_RANGE = Range(0, 100)
 LIMIT_RANGE = AT_LEAST_ONE
 DEVICE_HELP = "auto (default: cuda if available, else cpu), cpu, cuda or cuda:N"
 
@@ -151,6 +154,15 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_config: str, set_
                 config=f"YAML config (default: configs/{default_config}, else built-in defaults)",
                 set=f"override config keys, e.g. {set_example}")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--nnodes", type=ranged(int, NNODES_RANGE), default=1,
+                        help="machines in the job (torchrun; each runs this same command)")
+    parser.add_argument("--node-rank", type=ranged(int, NODE_RANK_RANGE), default=0,
+                        help="this machine's rank (torchrun's static rendezvous; c10d assigns ranks itself)")
+    parser.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                        help="c10d rendezvous of a multi-machine job (the same on every machine)")
+    parser.add_argument("--rdzv-id", default="ascan", help="the job's rendezvous id (default: ascan)")
+    parser.add_argument("--max-restarts", type=ranged(int, MAX_RESTARTS_RANGE), default=0,
+                        help="times torchrun restarts a failed worker group; the run resumes from its last checkpoint")
     if epoch_shortcuts:
         add_options(parser, "output", output="run folder (same as --set output=...)")
         parser.add_argument("--epochs", type=ranged(int, AT_LEAST_ONE), help="same as --set optim.epochs=N")
@@ -206,11 +218,12 @@ def verb_of_predict(args: argparse.Namespace, task: str, default_config: str) ->
     return getattr(importlib.import_module(f"ascan.{task}.predict"), f"run_{args.command}")(args)
 
 
-def check_launch(cfg: Any, nproc: int) -> None:
+def check_launch(cfg: Any, nproc: int, nnodes: int = 1) -> None:
     """What would fail in every worker, checked once before torchrun starts them."""
     batch = getattr(getattr(cfg, "data", None), "batch_size", None)
-    if isinstance(batch, int) and batch % nproc:
-        raise UserError(f"data.batch_size {batch} is not divisible by --nproc-per-node {nproc} "
+    if isinstance(batch, int) and batch % (nproc * nnodes):
+        across = f"--nproc-per-node {nproc}" + (f" x --nnodes {nnodes}" if nnodes > 1 else "")
+        raise UserError(f"data.batch_size {batch} is not divisible by {across} "
                         "(each process trains on an equal share of the global batch)")
     check_output_folder(cfg.output, "run folder")
 
@@ -225,11 +238,17 @@ def run_training(args: argparse.Namespace, cfg: Any, train: Callable[..., Any], 
 
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
-    from ascan.launch import in_worker, launch
+    from ascan.launch import launch, restart_count, wants_launch
 
-    if args.nproc_per_node > 1 and not in_worker():
-        check_launch(cfg, args.nproc_per_node)  # every setting checked here, once, not in each worker
-        return launch(task, argv, args.nproc_per_node, cfg.output)
+    if wants_launch(args):
+        check_launch(cfg, args.nproc_per_node, args.nnodes)  # every setting checked here, once, not in each worker
+        return launch(task, argv, args, cfg.output)
     check_output_folder(cfg.output, "run folder")
-    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    resume, overwrite = args.resume, args.overwrite
+    if restart_count() > 0:  # torchrun restarted the workers after a failure: continue from the last checkpoint
+        from ascan.engine.rundir import holds_run
+
+        if holds_run(Path(cfg.output)):
+            resume, overwrite = cfg.output, False
+    result = train(cfg, resume=resume, overwrite=overwrite)
     return 0 if result.completed else EXIT_INTERRUPTED

@@ -27,6 +27,9 @@ class DistInfo:
         return self.rank == 0
 
 
+RESTART_COUNT_ENV = "TORCHELASTIC_RESTART_COUNT"  # set by torchrun: how often it restarted the worker group
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group torchrun announced in the environment (if any)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -34,8 +37,21 @@ def init_distributed(device_type: str) -> DistInfo:
         return DistInfo()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, **_attempt_store(rank, world_size))
     return DistInfo(rank, world_size, local_rank)
+
+
+def _attempt_store(rank: int, world_size: int) -> dict:
+    """After torchrun restarted the worker group (``--max-restarts``), the process group's keys in torchrun's
+    store under a prefix of this attempt: with the plain ``env://`` init the restarted workers read the dead
+    group's addresses and gloo fails ("connectFullMesh failed ... Connection refused", torch 2.14). The first
+    attempt keeps ``env://`` (nothing to do then)."""
+    attempt = int(os.environ.get(RESTART_COUNT_ENV, "0"))
+    if attempt == 0:
+        return {}
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+    return {"store": dist.PrefixStore(f"/ascan/attempt_{attempt}", store), "rank": rank, "world_size": world_size}
 
 
 def cleanup_distributed() -> None:
