@@ -26,7 +26,7 @@ from ascan.atomic import atomic_write, atomic_write_text
 from ascan.classify.config import PredictSettings
 from ascan.classify.model import TrainedClassifier, load_trained
 from ascan.data.datasets import image_transform
-from ascan.data.images import image_files
+from ascan.data.images import default_prediction_folder, image_files
 from ascan.engine.distributed import DistInfo
 from ascan.engine.runtime import resolve_device
 from ascan.errors import UserError
@@ -34,8 +34,6 @@ from ascan.paths import check_output_folder
 
 CSV_NAME = "predictions.csv"
 SHEET_NAME = "contact_sheet.png"
-OUTPUT_ROOT = "predictions"
-RUN_PREFIX = "classify-"
 THUMB_SIDE = 96  # px: a 28-px Fashion-MNIST image stays recognisable, and 8 thumbnails fit a screen's width
 CAPTION_HEIGHT = 14  # px under each thumbnail: one line of PIL's default font
 CAPTION_MARGIN = 2
@@ -65,13 +63,6 @@ class PredictReport:
     on_sheet: int
     top_k: int
     origin: str  # the weights scored (``runs/x/last.pt (EMA weights)``)
-
-
-def default_output(run: str | Path) -> Path:
-    """``predictions/classify-<run folder name>`` (the run folder of a ``last.pt`` or ``.safetensors`` too)."""
-    path = Path(run).resolve()
-    folder = path if path.is_dir() else path.parent
-    return Path(OUTPUT_ROOT) / f"{RUN_PREFIX}{folder.name.removeprefix(RUN_PREFIX)}"
 
 
 def claim_output(folder: Path, files: list[Path], overwrite: bool) -> tuple[Path, Path]:
@@ -170,7 +161,8 @@ def predict(run: str, inputs: list[str], settings: PredictSettings | None = None
     settings = settings or PredictSettings()
     device = resolve_device(device_name, DistInfo())
     files = image_files(inputs, limit)
-    csv_path, sheet_path = claim_output(Path(output) if output else default_output(run), files, overwrite)
+    folder = Path(output) if output else default_prediction_folder("classify", run)
+    csv_path, sheet_path = claim_output(folder, files, overwrite)
     trained = load_trained(run, prefer_ema=prefer_ema, model_name=model_name)
     top_k = min(settings.top_k, trained.info.num_classes)
     predictions, thumbs = predict_images(trained, files, device, top_k, settings.batch_size)

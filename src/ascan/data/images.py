@@ -13,6 +13,8 @@ from pathlib import Path
 from ascan.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")  # what PIL reads and a folder is searched for
+PREDICTIONS_FOLDER = "predictions"
+RUN_FILE_SUFFIXES = (".pt", ".safetensors")  # a run named by its checkpoint or exported weights
 
 
 def image_files(inputs: list[str], limit: int | None = None) -> list[Path]:
@@ -32,6 +34,15 @@ def image_files(inputs: list[str], limit: int | None = None) -> list[Path]:
     if not files:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(inputs)}")
     return files[:limit]
+
+
+def default_prediction_folder(task: str, run: str | Path) -> Path:
+    """Where ``ascan <task> predict RUN`` writes by default: ``predictions/<task>-<run folder name>``
+    (``predictions/segment-scenes`` for ``runs/segment-scenes``: a run already named for its task is not prefixed
+    twice; a run's ``last.pt`` or ``.safetensors`` names its folder)."""
+    path = Path(run)
+    name = (path.parent if path.suffix in RUN_FILE_SUFFIXES else path).resolve().name
+    return Path(PREDICTIONS_FOLDER) / (name if name.startswith(f"{task}-") else f"{task}-{name}")
 
 
 def output_paths(files: list[Path], out_dir: Path, suffix: str = ".png", tag: str = "",
@@ -59,4 +70,4 @@ def output_paths(files: list[Path], out_dir: Path, suffix: str = ".png", tag: st
     return paths
 
 
-__all__ = ["IMAGE_SUFFIXES", "image_files", "output_paths"]
+__all__ = ["IMAGE_SUFFIXES", "default_prediction_folder", "image_files", "output_paths"]

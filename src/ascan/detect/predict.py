@@ -187,14 +187,13 @@ def predict_files(trained: TrainedDetector, files: list[Path], outputs: list[Pat
 
 def run_predict(args: argparse.Namespace) -> int:
     """``ascan detect predict``: one picture per image."""
-    from ascan.data.images import image_files
+    from ascan.data.images import default_prediction_folder, image_files, output_paths
     from ascan.engine import session
     from ascan.paths import check_output_folder
-    from ascan.segment.commands import default_prediction_folder, prediction_paths
 
     out_dir = check_output_folder(args.output or default_prediction_folder("detect", args.run), "--output")
     files = image_files(args.images, args.limit)
-    outputs = prediction_paths(files, out_dir, OVERLAY_TAG, args.overwrite)
+    outputs = output_paths(files, out_dir, tag=OVERLAY_TAG, overwrite=args.overwrite)
     trained = load_trained(args.run, prefer_ema=not args.no_ema)
     with session(args.device, args.threads) as env:
         written = predict_files(trained, files, outputs, args.score_thresh, not args.no_progress, env.device,

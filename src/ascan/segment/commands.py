@@ -1,35 +1,16 @@
 """What the dense tasks' ``eval`` / ``predict`` / ``export`` commands share (``ascan segment`` and ``ascan detect``):
-how a precision is named, where predictions go by default, the output names of a ``predict``, and a backbone's
-tables fixed at the export size."""
+how a precision is named and a backbone's tables fixed at the export size (where predictions go and their names:
+:mod:`ascan.data.images`, shared by every task)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
-
-from ascan.data.images import output_paths
-
-PREDICTIONS_FOLDER = "predictions"
-CHECKPOINT_SUFFIXES = (".pt", ".safetensors")
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
     """How eval names the precision it scored in: ``fp32`` or ``bf16 autocast``."""
     return "fp32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
-
-
-def default_prediction_folder(task: str, run: str | Path) -> Path:
-    """``predictions/<task>-<run name>`` (``predictions/segment-scenes`` for ``runs/segment-scenes``)."""
-    path = Path(run)
-    name = (path.parent if path.suffix in CHECKPOINT_SUFFIXES else path).resolve().name
-    return Path(PREDICTIONS_FOLDER) / (name if name.startswith(f"{task}-") else f"{task}-{name}")
-
-
-def prediction_paths(files: list[Path], out_dir: Path, tag: str, overwrite: bool) -> list[Path]:
-    """:func:`ascan.data.images.output_paths`: distinct, never an input, an existing output only with ``overwrite``."""
-    return output_paths(files, out_dir, tag=tag, overwrite=overwrite)
 
 
 def bake_input_size(backbone: nn.Module, size: int) -> None:
@@ -50,4 +31,4 @@ def bake_input_size(backbone: nn.Module, size: int) -> None:
                 module.set_feat_size((feat, feat))
 
 
-__all__ = ["bake_input_size", "default_prediction_folder", "precision_name", "prediction_paths"]
+__all__ = ["bake_input_size", "precision_name"]

@@ -167,15 +167,14 @@ def predict_files(trained: TrainedSegmenter, files: list[Path], outputs: list[Pa
 
 def run_predict(args: argparse.Namespace) -> int:
     """``ascan segment predict``: one picture per image (and its class map with ``--save-labels``)."""
-    from ascan.data.images import image_files
+    from ascan.data.images import default_prediction_folder, image_files, output_paths
     from ascan.engine import session
     from ascan.paths import check_output_folder
-    from ascan.segment.commands import default_prediction_folder, prediction_paths
 
     out_dir = check_output_folder(args.output or default_prediction_folder("segment", args.run), "--output")
     files = image_files(args.images, args.limit)
-    outputs = prediction_paths(files, out_dir, OVERLAY_TAG, args.overwrite)
-    labels = prediction_paths(files, out_dir, LABELS_TAG, args.overwrite) if args.save_labels else None
+    outputs = output_paths(files, out_dir, tag=OVERLAY_TAG, overwrite=args.overwrite)
+    labels = output_paths(files, out_dir, tag=LABELS_TAG, overwrite=args.overwrite) if args.save_labels else None
     trained = load_trained(args.run, prefer_ema=not args.no_ema)
     with session(args.device, args.threads) as env:
         written = predict_files(trained, files, outputs, env.device, args.alpha, labels,
