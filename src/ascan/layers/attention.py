@@ -104,7 +104,7 @@ def _whole_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tab
     bias = table[:, dy, dx]
     if placement == "pre":
         return attention(q, k, v, bias.unsqueeze(0), dropout_p)
-    return attention(q, k, v, None, dropout_p) + torch.matmul(bias.to(v.dtype), v)
+    return attention(q, k, v, None, dropout_p) + torch.matmul(bias.unsqueeze(0).to(v.dtype), v)
 
 
 def _pre_softmax_rows(q_rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,

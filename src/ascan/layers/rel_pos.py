@@ -126,7 +126,10 @@ def resize_rel_pos_table(table: torch.Tensor, size: tuple[int, int]) -> torch.Te
         if size_is_traced(size):
             rows = bicubic_resize_matrix(table.shape[-2], 2 * size[0] - 1, table.device)
             cols = bicubic_resize_matrix(table.shape[-1], 2 * size[1] - 1, table.device)
-            resized = torch.matmul(torch.matmul(rows, table.float()), cols.transpose(0, 1))
+            # rank-3 factors, the table (a constant in a frozen graph) never the right operand: OpenVINO's CPU
+            # plugin needs equal ranks in a dynamic MatMul and turns "x @ constant" into a static-shape
+            # FullyConnected (both failed with a dynamic height/width)
+            resized = torch.matmul(rows.unsqueeze(0), torch.matmul(table.float(), cols.transpose(0, 1).unsqueeze(0)))
             return resized.to(table.dtype)
     target_h, target_w = 2 * size[0] - 1, 2 * size[1] - 1
     if table.shape[-2] == target_h and table.shape[-1] == target_w:
