@@ -36,6 +36,31 @@ def write_fake_fashion_mnist(root, n_train: int = 40, n_test: int = 20, seed: in
     return arrays
 
 
+def write_imagenet_layout(root, names=("n01", "n02"), per_class: int = 3, side: int = 40) -> None:
+    """``root/train/<class>/*.JPEG`` and ``root/val/<class>/*.JPEG`` of random RGB pixels: ImageNet's layout (no
+    ``test/`` split), what the README's ImageNet recipe reads."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split in ("train", "val"):
+        for name in names:
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(
+                    root / split / name / f"{i}.JPEG")
+
+
+# An ascan model small enough for a CPU test step in milliseconds: every block kind (C, T) at widths 8-16.
+TINY_ASCAN_KWARGS = {"widths": [8, 8, 16, 16], "stem_width": 8, "head_width": 16, "layout": "C-CT-CT-T",
+                     "block_kwargs": {"T": {"head_dim": 8}}}
+# The garment scenes (COCO instances + semantic maps) at a few scenes of 1-2 small garments: ``data.scenes=...``.
+TINY_SCENES = "{train_scenes: 8, test_scenes: 4, min_scale: 16, max_scale: 40, max_garments: 2}"
+# Detector heads and proposal counts for a few-second detection run: ``model.detector=...``.
+TINY_DETECTOR = ("{fpn_channels: 16, box_head_dim: 32, mask_head_channels: 8, mask_head_convs: 1, "
+                 "rpn_pre_nms_top_n_train: 200, rpn_post_nms_top_n_train: 50, rpn_pre_nms_top_n_test: 100, "
+                 "rpn_post_nms_top_n_test: 30, box_batch_size_per_image: 32, anchor_base: 8}")
+
+
 @pytest.fixture
 def fake_fashion_mnist():
     """:func:`write_fake_fashion_mnist`: ``fake_fashion_mnist(root, n_train=48, n_test=24)``."""

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import write_fake_fashion_mnist
+from conftest import TINY_ASCAN_KWARGS, write_fake_fashion_mnist
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -28,8 +28,7 @@ from ascan.cli import main as cli_main
 from ascan.data.fashion_mnist import CLASSES, MEAN, STD
 from ascan.engine import CHECKPOINT_NAME
 
-TINY_KWARGS = {"widths": [8, 8, 16, 16], "stem_width": 8, "head_width": 16, "layout": "C-CT-CT-T",
-               "block_kwargs": {"T": {"head_dim": 8}}}
+TINY_KWARGS = TINY_ASCAN_KWARGS
 TINY_MODEL = ["model.name=ascan_nano", f"model.kwargs={json.dumps(TINY_KWARGS)}"]
 QUICK = ["data.batch_size=8", "data.eval_batch_size=16", "max_steps=2", "threads=1", "deterministic=true"]
 N_TRAIN, N_TEST = 48, 24
@@ -343,35 +342,6 @@ def test_finetune_no_ema_starts_from_the_raw_weights(fm_run, tmp_path, capsys, c
     assert "ascan finetune: ascan_nano" in out and "ascan train:" not in out
     assert not any("Cosine annealing" in record.getMessage() for record in caplog.records)
     assert "Cosine annealing" not in out + err
-
-
-def _imagenet_layout(root: Path, names=("n01", "n02"), per_class: int = 3, side: int = 40) -> None:
-    """``root/train/<class>/*.JPEG`` and ``root/val/<class>/*.JPEG``: ImageNet's layout, no ``test/`` split."""
-    rng = np.random.default_rng(1)
-    for split in ("train", "val"):
-        for name in names:
-            (root / split / name).mkdir(parents=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(
-                    root / split / name / f"{i}.JPEG")
-
-
-def test_the_readmes_imagenet_recipe_trains_on_imagenets_layout(tmp_path, capsys):
-    """The README's ImageNet options (RandAugment m15, MixUp 0.8, drop path 0.3, ImageFolder) on a train/ + val/
-    tree, shrunk (model width, image size, batch) to run here: it used to end in timm's RandAugment
-    ('invalid literal for int(): 5.0') or, without RandAugment, look for a test/ split."""
-    root = tmp_path / "imagenet"
-    _imagenet_layout(root)
-    code, _, err = run_cli(capsys, "train", "--no-progress", "--output", str(tmp_path / "run"), "--set",
-                           "data.dataset=imagefolder", f"data.root={root}", "model.name=ascan_nano",
-                           "data.image_size=32", "aug.rand_augment=rand-m15-n2", "aug.mixup_alpha=0.8",
-                           "model.drop_path_rate=0.3", "data.batch_size=2", "data.eval_batch_size=2",
-                           "optim.epochs=1", "threads=1", f"model.kwargs={json.dumps(TINY_KWARGS)}")
-    assert code == 0, err
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["completed"] and summary["steps"] == 3  # 6 training images, batch 2
-    assert load_config(None, ["data.dataset=imagefolder"]).data.eval_split == "val"
-    assert load_config(None, []).data.eval_split == "test"
 
 
 @pytest.mark.parametrize(("spec", "timm_magnitude"), [("rand-m15-n2", 5.0), ("rand-m16-n3", 16 / 3)])

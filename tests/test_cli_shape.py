@@ -49,6 +49,15 @@ def test_an_unknown_task_or_verb_is_one_line_listing_the_choices(argv, capsys):
     assert expected in line
 
 
+@pytest.mark.parametrize("task", ["classify", "segment", "detect", "generate"])
+def test_a_second_set_adds_to_the_first_and_later_keys_win(task, capsys):
+    """``--set a=1 --set b=2 a=3`` applies a, b and then a again (argparse alone would drop the first --set)."""
+    assert cli.main([task, "train", "--print-config", "--set", "seed=5", "output=first", "--set", "output=second",
+                     "threads=1"]) == 0
+    printed = capsys.readouterr().out
+    assert "seed: 5" in printed and "output: second" in printed and "threads: 1" in printed
+
+
 @pytest.mark.parametrize(("argv", "expected"), [
     (["train", "--epochs", "1"], ("classify train", "ascan.classify.cli", ["train", "--epochs", "1"])),
     (["eval", "runs/x"], ("classify eval", "ascan.classify.cli", ["eval", "runs/x"])),

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY_DETECTOR, TINY_SCENES
 from safetensors.torch import load_file
 
 from ascan import config as generic
@@ -30,12 +31,10 @@ def _tiny(root: Path, output: Path, arch: str = "mask_rcnn") -> list[str]:
 def _tiny_overrides(root: Path, output: Path, arch: str = "mask_rcnn") -> list[str]:
     return ["progress=false", f"data.root={root}", f"output={output}", f"model.arch={arch}",
             "data.image_size=64", "data.batch_size=4", "data.eval_batch_size=4", "optim.warmup_steps=1",
-            "data.scenes={train_scenes: 8, test_scenes: 4, min_scale: 16, max_scale: 40, max_garments: 2}",
+            f"data.scenes={TINY_SCENES}",
             "model.backbone_kwargs={widths: [8, 16, 16, 32], stem_width: 8, head_width: 0, img_size: 64, "
             "block_kwargs: {T: {head_dim: 8}, C: {expand_ratio: 1.0}}}",
-            "model.detector={fpn_channels: 16, box_head_dim: 32, mask_head_channels: 8, mask_head_convs: 1, "
-            "rpn_pre_nms_top_n_train: 200, rpn_post_nms_top_n_train: 50, rpn_pre_nms_top_n_test: 100, "
-            "rpn_post_nms_top_n_test: 30, box_batch_size_per_image: 32, anchor_base: 8}"]
+            f"model.detector={TINY_DETECTOR}"]
 
 
 def test_config_file_equals_built_in_defaults():

@@ -111,8 +111,9 @@ OPTIONS: dict[str, Callable[[argparse.ArgumentParser, str], None]] = {
     "run": _add_run,
     "output": _add_output,
     "config": lambda p, h: p.add_argument("--config", help=h or "YAML config"),
-    "set": lambda p, h: p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
-                                       help=h or "override config keys"),
+    # extend: a second --set adds to the first (argparse's default would silently drop the first's keys)
+    "set": lambda p, h: p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                                       dest="overrides", help=h or "override config keys (later ones win)"),
     "resume": lambda p, h: p.add_argument("--resume", metavar="RUN",
                                           help=h or "run folder (or its last.pt) to continue"),
     "overwrite": lambda p, h: p.add_argument(
