@@ -6,8 +6,9 @@ Only sizes and lengths are shrunk, by ``--set`` overrides appended after the REA
 widths and depth, scenes, batch, steps) and the data root pointed at the generated data; every other option
 reaches the run as written, which each test checks in the run's saved config.
 
-The chain is the README's: the ImageNet recipe (an ImageFolder in ImageNet's ``train/`` + ``val/`` layout) trains
-``runs/classify-imagefolder``; the 224 -> 512 fine-tune, the segmenter and the detector start from it.
+Two chains, both the README's: the main job (``ascan train``, Fashion-MNIST, written here as fake IDX files) trains
+``runs/classify-fashion_mnist``, and the ImageNet recipe (an ImageFolder in ImageNet's ``train/`` + ``val/``
+layout) trains ``runs/classify-imagefolder``; the fine-tunes, the segmenters and the detector start from them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY_ASCAN_KWARGS, TINY_DETECTOR, TINY_SCENES, write_imagenet_layout
+from conftest import TINY_ASCAN_KWARGS, TINY_DETECTOR, TINY_SCENES, write_fake_fashion_mnist, write_imagenet_layout
 from safetensors.torch import load_file
 
 from ascan.cli import main as cli_main
@@ -51,15 +52,20 @@ def readme_commands() -> list[list[str]]:
     return commands
 
 
-def readme_command(*needles: str) -> list[str]:
-    """The one README command whose text holds every one of ``needles``."""
-    found = [argv for argv in readme_commands() if all(n in shlex.join(argv) for n in needles)]
+def readme_command(*needles: str, whole: bool = False) -> list[str]:
+    """The one README command whose text holds every one of ``needles`` (``whole``: is the one needle)."""
+    def fits(text: str) -> bool:
+        return text == needles[0] if whole else all(needle in text for needle in needles)
+
+    found = [argv for argv in readme_commands() if fits(shlex.join(argv))]
     assert len(found) == 1, f"{len(found)} README commands hold {needles}: {found}"
     return found[0]
 
 
 def readme_overrides(argv: list[str]) -> dict[str, object]:
     """The command's ``--set KEY=VALUE`` items as {dotted key: value}, parsed by the config's own parser."""
+    if "--set" not in argv:
+        return {}
     items = argv[argv.index("--set") + 1:]
     items = items[:next((i for i, word in enumerate(items) if word.startswith("--")), len(items))]
     return {".".join(parts): value for parts, value in map(parse_override, items)}
@@ -98,10 +104,16 @@ def table_map(table: torch.Tensor) -> tuple[int, int]:
     return (table.shape[-2] + 1) // 2, (table.shape[-1] + 1) // 2
 
 
-# ---- the ImageNet recipe: runs/classify-imagefolder ---------------------------------------------------------
+# ---- the two classifier runs: runs/classify-fashion_mnist, runs/classify-imagefolder -------------------------
 
 
+MAIN_JOB = ("train",)
 IMAGENET = ("train --set", "data.dataset=imagefolder")
+FASHION_SIDE = 32  # the main job's own size (28 px padded), kept: its fine-tune doubles it as written
+
+
+def main_job_shrink(root: Path) -> list[str]:
+    return [f"data.root={root}", "max_steps=2", "data.batch_size=8", "data.eval_batch_size=16", "threads=1"]
 
 
 def imagenet_shrink(root: Path) -> list[str]:
@@ -110,9 +122,12 @@ def imagenet_shrink(root: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    """A user's folder after the README's ImageNet command: ``imagenet/`` (generated) and its run."""
+    """A user's folder after the README's main job and ImageNet command: the (generated) data and both runs."""
     folder = tmp_path_factory.mktemp("user")
+    (folder / "fashion").mkdir()
+    write_fake_fashion_mnist(folder / "fashion", n_train=32, n_test=16)
     write_imagenet_layout(folder / "imagenet")
+    assert run_in(folder, readme_command(*MAIN_JOB, whole=True), main_job_shrink(folder / "fashion")) == 0
     assert run_in(folder, readme_command(*IMAGENET), imagenet_shrink(folder / "imagenet")) == 0
     return folder
 
@@ -143,22 +158,35 @@ def test_the_imagenet_recipe_trains_on_imagenets_layout(workdir):
     assert_recorded_as_written(run, readme_command(*IMAGENET), imagenet_shrink(workdir / "imagenet"))
 
 
-# ---- 224 -> 512 fine-tuning --------------------------------------------------------------------------------
+# ---- fine-tuning at a new resolution -----------------------------------------------------------------------
 
 
-def test_the_finetune_recipe_resizes_the_position_tables(workdir):
-    """The README's ``finetune runs/classify-imagefolder --image-size 512`` at 128 (the run trained at 64): every
-    table of the fine-tuned model is for the doubled maps and starts as the source's EMA table resized (two steps
-    at the fine-tune's warm-up lr move it far less than the tolerance); the run's other options are kept."""
-    argv = readme_command("finetune runs/classify-imagefolder")
-    argv[argv.index("--image-size") + 1] = str(FINETUNE_SIDE)
-    assert run_in(workdir, argv, ["max_steps=2", *SMALL]) == 0
-    source = workdir / "runs" / "classify-imagefolder"
-    tuned_run = workdir / "runs" / f"classify-imagefolder_ft{FINETUNE_SIDE}"
+FINETUNES = {  # README command -> (its source run, the size it is run at here: the ImageNet one's 512 shrunk)
+    "fashion_mnist": ("runs/classify-fashion_mnist", None),
+    "imagefolder": ("runs/classify-imagefolder", FINETUNE_SIDE),
+}
+
+
+@pytest.mark.parametrize("source_name", list(FINETUNES))
+def test_the_finetune_recipes_resize_the_position_tables(workdir, source_name):
+    """The README's ``finetune runs/classify-fashion_mnist --image-size 64`` (as written: 32 -> 64) and
+    ``finetune runs/classify-imagefolder --image-size 512`` (at 128: the run trained at 64): every table of the
+    fine-tuned model is for the doubled maps and starts as the source's EMA table resized (two steps at the
+    fine-tune's warm-up lr move it far less than the tolerance); the source run's options are kept."""
+    source_path, side = FINETUNES[source_name]
+    argv = readme_command(f"finetune {source_path}")
+    position = argv.index("--image-size") + 1
+    side = side or int(argv[position])
+    argv[position] = str(side)
+    assert run_in(workdir, argv, ["max_steps=2", "data.batch_size=2", "data.eval_batch_size=2", "threads=1"]) == 0
+    source, tuned_run = workdir / source_path, workdir / f"{source_path}_ft{side}"
     finite_metrics(tuned_run)
     saved = yaml.safe_load((tuned_run / "config.yaml").read_text())
-    assert saved["data"]["image_size"] == FINETUNE_SIDE and (workdir / saved["model"]["init_from"]).parent == source
-    assert_recorded_as_written(tuned_run, readme_command(*IMAGENET), imagenet_shrink(workdir / "imagenet"))
+    assert (workdir / saved["model"]["init_from"]).parent == source
+    assert saved["data"]["image_size"] == side == 2 * yaml.safe_load((source / "config.yaml").read_text())[
+        "data"]["image_size"]
+    if source_name == "imagefolder":
+        assert_recorded_as_written(tuned_run, readme_command(*IMAGENET), imagenet_shrink(workdir / "imagenet"))
     before, tuned = load_file(str(source / "model_ema.safetensors")), load_file(str(tuned_run / "model.safetensors"))
     tables = [key for key in before if key.endswith(TABLE_SUFFIX)]
     assert tables
@@ -209,6 +237,10 @@ DENSE = {
     "detect": ("model.backbone_kwargs", [f"data.image_size={SCENE_SIDE}", f"data.scenes={TINY_SCENES}",
                                          f"model.detector={TINY_DETECTOR}", "optim.warmup_steps=1"]),
 }
+# (task, source run): the README's dense commands with a model.init_from; the main job's run fits the dense
+# default backbone as it is (nothing to shrink), the ImageNet run's backbone is shrunk as its classifier was.
+DENSE_RECIPES = [("segment", "classify-fashion_mnist"), ("segment", "classify-imagefolder"),
+                 ("detect", "classify-imagefolder")]
 
 
 def backbone_at_start(monkeypatch, task: str) -> dict[str, torch.Tensor]:
@@ -226,23 +258,29 @@ def backbone_at_start(monkeypatch, task: str) -> dict[str, torch.Tensor]:
     return seen
 
 
-@pytest.mark.parametrize("task", list(DENSE))
-def test_the_dense_recipes_start_from_the_imagenet_runs_backbone(workdir, monkeypatch, task):
-    """The README's ``<task> train --set model.backbone=ascan_tiny ... model.init_from=runs/classify-imagefolder``
-    on generated COCO scenes: right after the start every backbone tensor is the classifier's EMA tensor (position
-    tables resized to the backbone's maps, nothing adapted: both take RGB), and the run trains to finite metrics."""
+@pytest.mark.parametrize(("task", "source"), DENSE_RECIPES)
+def test_the_dense_recipes_start_from_the_classifier_runs_backbone(workdir, monkeypatch, task, source):
+    """The README's ``<task> train --set ... model.init_from=runs/<source>`` on generated COCO scenes: right after
+    the start every backbone tensor is the classifier's EMA tensor (position tables resized to the backbone's
+    maps; the main job's grey input conv spread evenly over R, G and B), and the run trains to finite metrics."""
     kwargs_key, heads = DENSE[task]
-    argv = readme_command(f"{task} train", "model.init_from=runs/classify-imagefolder")
-    shrink = [f"{kwargs_key}={json.dumps(TINY_ASCAN_KWARGS)}", *DENSE_SHRINK, *heads]
+    argv = readme_command(f"{task} train", f"model.init_from=runs/{source}")
+    output = f"runs/{task}-from-{source}"  # two segment recipes: not both in the default runs/segment-scenes
+    shrink = [*DENSE_SHRINK, *heads, f"output={output}"]
+    if source == "classify-imagefolder":
+        shrink.append(f"{kwargs_key}={json.dumps(TINY_ASCAN_KWARGS)}")
     started = backbone_at_start(monkeypatch, task)
     assert run_in(workdir, argv, shrink) == 0
-    run = workdir / "runs" / f"{task}-scenes"
-    finite_metrics(run)
-    assert_recorded_as_written(run, argv, shrink)
-    classifier = load_file(str(workdir / "runs" / "classify-imagefolder" / "model_ema.safetensors"))
+    finite_metrics(workdir / output)
+    assert_recorded_as_written(workdir / output, argv, shrink)
+    classifier = load_file(str(workdir / "runs" / source / "model_ema.safetensors"))
     assert started and {k.split(".")[0] for k in started} >= {"stem", "stages_3"}
     for key, value in started.items():
         want = classifier[re.sub(r"^stages_(\d+)\.", r"stages.\1.", key)]
         if key.endswith(TABLE_SUFFIX):
             want = resize_rel_pos_table(want, table_map(value))
+        elif value.shape != want.shape:  # a grey classifier's input conv: R + G + B = the grey weight, all equal
+            assert value.shape[1] == 3 and want.shape[1] == 1, key
+            torch.testing.assert_close(value.sum(1, keepdim=True), want, msg=key)
+            want = value[:, :1].expand_as(value)
         torch.testing.assert_close(value, want, rtol=0, atol=0, msg=key)
