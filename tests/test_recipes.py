@@ -72,7 +72,8 @@ def readme_overrides(argv: list[str]) -> dict[str, object]:
 
 
 def assert_recorded_as_written(run: Path, argv: list[str], shrunk: list[str]) -> None:
-    """Every README override that the test did not shrink is the value in the run's saved config."""
+    """Every README override that the test did not shrink is the value in the run's saved config (``argv``'s paths
+    mapped by :func:`in_folder`)."""
     saved = yaml.safe_load((run / "config.yaml").read_text())
     changed = {text.split("=", 1)[0] for text in shrunk}
     for key, value in readme_overrides(argv).items():
@@ -84,11 +85,17 @@ def assert_recorded_as_written(run: Path, argv: list[str], shrunk: list[str]) ->
         assert node == value, f"{key}: the run has {node!r}, the README {value!r}"
 
 
+def in_folder(argv: list[str], folder: Path) -> list[str]:
+    """The README's absolute data paths (``/data/imagenet``, ``data.root=/data/shards``) under ``folder``."""
+    return [re.sub(r"(^|=)/data/", lambda m: f"{m.group(1)}{folder}/data/", word) for word in argv]
+
+
 def run_in(folder: Path, argv: list[str], shrink: list[str]) -> int:
-    """``ascan <argv> --set <shrink...> --no-progress`` with ``folder`` as the working directory."""
+    """``ascan <argv> --set <shrink...> --no-progress`` with ``folder`` as the working directory (and the root of
+    the README's ``/data/``)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
-        return cli_main([*argv, "--set", *shrink, "--no-progress"])
+        return cli_main([*in_folder(argv, folder), *(["--set", *shrink] if shrink else []), "--no-progress"])
 
 
 def finite_metrics(run: Path) -> dict[str, float]:
@@ -116,8 +123,7 @@ def main_job_shrink(root: Path) -> list[str]:
     return [f"data.root={root}", "max_steps=2", "data.batch_size=8", "data.eval_batch_size=16", "threads=1"]
 
 
-def imagenet_shrink(root: Path) -> list[str]:
-    return [f"data.root={root}", f"data.image_size={TRAIN_SIDE}", "optim.epochs=1", *SMALL]
+IMAGENET_SHRINK = [f"data.image_size={TRAIN_SIDE}", "optim.epochs=1", *SMALL]
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +132,9 @@ def workdir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("user")
     (folder / "fashion").mkdir()
     write_fake_fashion_mnist(folder / "fashion", n_train=32, n_test=16)
-    write_imagenet_layout(folder / "imagenet")
+    write_imagenet_layout(folder / "data" / "imagenet")  # the README's /data/imagenet
     assert run_in(folder, readme_command(*MAIN_JOB, whole=True), main_job_shrink(folder / "fashion")) == 0
-    assert run_in(folder, readme_command(*IMAGENET), imagenet_shrink(folder / "imagenet")) == 0
+    assert run_in(folder, readme_command(*IMAGENET), IMAGENET_SHRINK) == 0
     return folder
 
 
@@ -141,7 +147,7 @@ def test_the_imagenet_recipe_builds_the_registered_model():
     from ascan.classify.config import load_config
 
     argv = readme_command(*IMAGENET)
-    cfg = load_config(None, argv[argv.index("--set") + 1:])
+    cfg = load_config(None, argv[argv.index("--set") + 1:])  # as written: /data/imagenet is not read here
     with torch.device("meta"):
         ours = factory.create_model(cfg.model.name, cfg.model.kwargs, img_size=cfg.data.image_size, num_classes=1000)
         registered = timm.create_model("ascan_tiny", num_classes=1000)
@@ -155,7 +161,24 @@ def test_the_imagenet_recipe_trains_on_imagenets_layout(workdir):
     run = workdir / "runs" / "classify-imagefolder"  # the README's default output for this command
     assert json.loads((run / "summary.json").read_text())["steps"] == STEPS_PER_EPOCH
     finite_metrics(run)
-    assert_recorded_as_written(run, readme_command(*IMAGENET), imagenet_shrink(workdir / "imagenet"))
+    assert_recorded_as_written(run, in_folder(readme_command(*IMAGENET), workdir), IMAGENET_SHRINK)
+
+
+def test_the_shards_recipe_trains_the_imagenet_recipe_from_streamed_shards(workdir):
+    """The README's ``ascan shards /data/imagenet ... --output /data/shards`` then ``train --set data.dataset=shards
+    data.root=/data/shards ...`` (``...``: the ImageNet command's other options): the same images, streamed, train
+    the same number of steps and evaluate on the val shards (the command used to write train only, and training
+    stopped at the missing val split)."""
+    assert run_in(workdir, readme_command("shards /data/imagenet"), []) == 0
+    imagenet = readme_command(*IMAGENET)
+    rest = [word for word in imagenet[imagenet.index("--set") + 1:]
+            if not word.startswith(("data.dataset=", "data.root="))]
+    argv = [*(word for word in readme_command("train --set data.dataset=shards") if word != "..."), *rest]
+    assert run_in(workdir, argv, IMAGENET_SHRINK) == 0
+    run = workdir / "runs" / "classify-shards"
+    assert json.loads((run / "summary.json").read_text())["steps"] == STEPS_PER_EPOCH
+    finite_metrics(run)
+    assert_recorded_as_written(run, in_folder(argv, workdir), IMAGENET_SHRINK)
 
 
 # ---- fine-tuning at a new resolution -----------------------------------------------------------------------
@@ -186,7 +209,7 @@ def test_the_finetune_recipes_resize_the_position_tables(workdir, source_name):
     assert saved["data"]["image_size"] == side == 2 * yaml.safe_load((source / "config.yaml").read_text())[
         "data"]["image_size"]
     if source_name == "imagefolder":
-        assert_recorded_as_written(tuned_run, readme_command(*IMAGENET), imagenet_shrink(workdir / "imagenet"))
+        assert_recorded_as_written(tuned_run, in_folder(readme_command(*IMAGENET), workdir), IMAGENET_SHRINK)
     before, tuned = load_file(str(source / "model_ema.safetensors")), load_file(str(tuned_run / "model.safetensors"))
     tables = [key for key in before if key.endswith(TABLE_SUFFIX)]
     assert tables
