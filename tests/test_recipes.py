@@ -247,23 +247,59 @@ def test_the_readmes_python_finetune_snippet_sizes_tables_for_512(tmp_path):
         torch.testing.assert_close(loaded[key], expected, rtol=0, atol=0, msg=key)
 
 
-# ---- segmentation and detection from the ImageNet run's backbone ---------------------------------------------
+# ---- segmentation and detection, from scratch and from the classifier runs' backbones -----------------------
 
 
 SCENE_SIDE = 64
 DENSE_SHRINK = ["data.batch_size=4", "data.eval_batch_size=4", "optim.epochs=1", "threads=1"]
 # Both read the README's data/scenes: detect makes its scenes at data.image_size, segment at data.scenes.image_size,
-# so one 64-px set serves both (a set of another size in the same folder is refused).
+# so one 64-px set serves both (a set of another size in the same folder is refused). The detector's heads are
+# shrunk key by key, so a recipe's own model.detector.<key> is kept.
 DENSE = {
     "segment": ("model.kwargs", ["model.decoder_channels=8", "optim.warmup_epochs=0",
                                  "data.scenes=" + TINY_SCENES.replace("{", f"{{image_size: {SCENE_SIDE}, ", 1)]),
     "detect": ("model.backbone_kwargs", [f"data.image_size={SCENE_SIDE}", f"data.scenes={TINY_SCENES}",
-                                         f"model.detector={TINY_DETECTOR}", "optim.warmup_steps=1"]),
+                                         "optim.warmup_steps=1", *(f"model.detector.{key}={value}" for key, value
+                                                                   in yaml.safe_load(TINY_DETECTOR).items())]),
 }
-# (task, source run): the README's dense commands with a model.init_from; the main job's run fits the dense
-# default backbone as it is (nothing to shrink), the ImageNet run's backbone is shrunk as its classifier was.
-DENSE_RECIPES = [("segment", "classify-fashion_mnist"), ("segment", "classify-imagefolder"),
-                 ("detect", "classify-imagefolder")]
+
+
+def dense_recipes(from_a_classifier: bool) -> list[list[str]]:
+    """The README's ``segment train`` / ``detect train`` commands, with or without a ``model.init_from``."""
+    return [argv for argv in readme_commands() if argv[0] in DENSE and argv[1:2] == ["train"]
+            and any(word.startswith("model.init_from=") for word in argv) == from_a_classifier]
+
+
+def dense_output(argv: list[str]) -> str:
+    """A run folder of the command's own (several recipes share a task's default one)."""
+    return "runs/" + re.sub(r"\W+", "-", shlex.join(argv))
+
+
+def dense_shrink(argv: list[str]) -> list[str]:
+    """The task's shrink, the command's own run folder and, where the command names
+    its backbone's kwargs (the ImageNet run's ``{}``), the widths its classifier was shrunk to."""
+    kwargs_key, heads = DENSE[argv[0]]
+    shrink = [*DENSE_SHRINK, *heads, f"output={dense_output(argv)}"]
+    if kwargs_key in readme_overrides(argv):
+        shrink.append(f"{kwargs_key}={json.dumps(TINY_ASCAN_KWARGS)}")
+    return shrink
+
+
+def test_the_readme_still_holds_the_dense_recipes():
+    """An empty parametrisation would be skipped, not failed: the README must keep both kinds of dense recipe."""
+    assert {argv[0] for argv in dense_recipes(from_a_classifier=False)} == set(DENSE)
+    assert {argv[0] for argv in dense_recipes(from_a_classifier=True)} == set(DENSE)
+
+
+@pytest.mark.parametrize("argv", dense_recipes(from_a_classifier=False), ids=shlex.join)
+def test_the_dense_recipes_train(workdir, argv):
+    """Every README dense command without an init (defaults, the patent protocol, Mask R-CNN on S1-S4) trains on the
+    generated COCO scenes to finite metrics, its options recorded as written."""
+    shrink = dense_shrink(argv)
+    assert run_in(workdir, argv, shrink) == 0
+    output = workdir / dense_output(argv)
+    finite_metrics(output)
+    assert_recorded_as_written(output, argv, shrink)
 
 
 def backbone_at_start(monkeypatch, task: str) -> dict[str, torch.Tensor]:
@@ -281,22 +317,19 @@ def backbone_at_start(monkeypatch, task: str) -> dict[str, torch.Tensor]:
     return seen
 
 
-@pytest.mark.parametrize(("task", "source"), DENSE_RECIPES)
-def test_the_dense_recipes_start_from_the_classifier_runs_backbone(workdir, monkeypatch, task, source):
-    """The README's ``<task> train --set ... model.init_from=runs/<source>`` on generated COCO scenes: right after
-    the start every backbone tensor is the classifier's EMA tensor (position tables resized to the backbone's
+@pytest.mark.parametrize("argv", dense_recipes(from_a_classifier=True), ids=shlex.join)
+def test_the_dense_recipes_start_from_the_classifier_runs_backbone(workdir, monkeypatch, argv):
+    """The README's ``<task> train --set ... model.init_from=runs/<classifier>`` on generated COCO scenes: right
+    after the start every backbone tensor is the classifier's EMA tensor (position tables resized to the backbone's
     maps; the main job's grey input conv spread evenly over R, G and B), and the run trains to finite metrics."""
-    kwargs_key, heads = DENSE[task]
-    argv = readme_command(f"{task} train", f"model.init_from=runs/{source}")
-    output = f"runs/{task}-from-{source}"  # two segment recipes: not both in the default runs/segment-scenes
-    shrink = [*DENSE_SHRINK, *heads, f"output={output}"]
-    if source == "classify-imagefolder":
-        shrink.append(f"{kwargs_key}={json.dumps(TINY_ASCAN_KWARGS)}")
-    started = backbone_at_start(monkeypatch, task)
+    shrink = dense_shrink(argv)
+    output = workdir / dense_output(argv)
+    started = backbone_at_start(monkeypatch, argv[0])
     assert run_in(workdir, argv, shrink) == 0
-    finite_metrics(workdir / output)
-    assert_recorded_as_written(workdir / output, argv, shrink)
-    classifier = load_file(str(workdir / "runs" / source / "model_ema.safetensors"))
+    finite_metrics(output)
+    assert_recorded_as_written(output, argv, shrink)
+    source = workdir / readme_overrides(argv)["model.init_from"]
+    classifier = load_file(str(source / "model_ema.safetensors"))
     assert started and {k.split(".")[0] for k in started} >= {"stem", "stages_3"}
     for key, value in started.items():
         want = classifier[re.sub(r"^stages_(\d+)\.", r"stages.\1.", key)]
