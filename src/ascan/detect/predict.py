@@ -252,7 +252,7 @@ def run_export(args: argparse.Namespace) -> int:
     opts = dataclasses.replace(opts, features_only=False)  # the body is the feature-map network already
     name = f"{cfg.model.backbone} features {list(backbone.out_indices)} ({cfg.model.arch} backbone)"
     return export_model(body, args, opts, name=name, origin=trained.source, in_chans=detector_cfg(cfg).in_chans,
-                        img_size=img_size, features=False)
+                        img_size=img_size, features=False, outputs=[f"stage{i}" for i in backbone.out_indices])
 
 
 def run_eval(args) -> int:
