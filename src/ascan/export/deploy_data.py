@@ -17,10 +17,8 @@ if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import Dataset
 
-# A calibration batch: small enough for any task's images on a CPU; DEFAULT_CALIBRATION_BATCHES of them (256
-# images) is in the range NNCF and PT2E calibrate on (NNCF's default subset is 300 samples).
+# A calibration batch: small enough for any task's images on a CPU (how many: ExportOptions.calibration_batches).
 CALIBRATION_BATCH_SIZE = 8
-DEFAULT_CALIBRATION_BATCHES = 32
 CALIBRATION_SEED = 0  # the same sample of the training split every time: an export is reproducible
 
 

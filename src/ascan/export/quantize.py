@@ -14,23 +14,27 @@ the int8 model *in its runtime* (wrapped as an ``nn.Module``) both run the task'
 (:class:`~ascan.export.deploy_data.DeployData`); a model that lost more than the declared tolerance is refused
 (:class:`AccuracyDropError`) unless ``allow_drop``.
 
-ONNX int8 is refused in one line (:data:`ONNX_INT8_REFUSAL`), by measurement (ascan_tiny, 224 px, 1 thread,
-random weights and calibration, RESULTS.md "int8 and bf16 on trained weights"): onnxruntime's dynamic int8
-turns convolutions into ``ConvInteger`` (3.7x slower than fp32); its static QDQ int8 of every operator ran 2.1x
-faster than onnxruntime fp32 but kept the logits at cosine 0.79 of fp32, and of Conv/Gemm(/MatMul) only kept
-cosine 0.9996 but ran 1.1-1.2x *slower* than fp32. OpenVINO with NNCF kept cosine 0.9993 at 2.1x its fp32 speed.
+ONNX int8 is refused in one line (:data:`ascan.export.options.ONNX_INT8_REFUSAL`), by measurement
+(``benchmarks/onnx_int8_choice.py``: ascan_tiny, 224 px, 1 thread, random weights; RESULTS.md "int8 and bf16 on
+trained weights"): onnxruntime's dynamic int8 turns convolutions into ``ConvInteger`` (3.7x slower than fp32);
+its static QDQ int8 of every operator kept the logits at cosine 0.79 of fp32 (NNCF: 0.9993), and of
+convolutions and matrix products only (cosine 0.9996) it was not reliably faster than its fp32.
 
 Everything heavy (torch, openvino, nncf, torchao) is imported inside the functions: ``--help`` stays light.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ascan.errors import UserError
+from ascan.export.options import ONNX_INT8_REFUSAL, ExportOptions
 
 if TYPE_CHECKING:
     import torch
@@ -38,14 +42,8 @@ if TYPE_CHECKING:
 
     from ascan.export.deploy_data import DeployData
 
-# f32 for the layers NNCF leaves unquantized: OpenVINO's CPU default is bf16 where the CPU has bf16 units, which
-# would mix bf16 rounding into what the int8 check measures.
-OPENVINO_F32 = {"INFERENCE_PRECISION_HINT": "f32"}
+INT8 = "int8"  # ascan.export.openvino compiles it with the f32 hint: the layers NNCF leaves float stay fp32
 RUNTIMES = ("openvino", "torch")
-ONNX_INT8_REFUSAL = ("--format onnx has no int8: onnxruntime's dynamic int8 makes convolutions slower than fp32 and "
-                     "its static int8 lost accuracy where NNCF did not; use --format openvino --precision int8")
-NO_RUN_REFUSAL = ("--precision int8 calibrates on a run's training data and checks the run's evaluation: {name} is "
-                  "a model name without a run; export a run folder, or choose --precision fp32, bf16 or fp16")
 
 
 class AccuracyDropError(Exception):
@@ -164,33 +162,6 @@ def compile_pt2e(quantized: nn.Module) -> nn.Module:
     return torch.compile(quantized)
 
 
-def openvino_module(compiled: Any) -> nn.Module:
-    """A compiled OpenVINO model as an ``nn.Module``: tensors in, tensors out (one, or a list for several)."""
-    import torch
-    from torch import nn
-
-    class _OpenVINOModule(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.compiled = compiled
-
-        def forward(self, *inputs: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-            results = self.compiled([t.detach().cpu().float().numpy() for t in inputs])
-            outputs = [torch.from_numpy(results[out].copy()) for out in self.compiled.outputs]
-            return outputs[0] if len(outputs) == 1 else outputs
-
-    return _OpenVINOModule().eval()
-
-
-def to_openvino(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> Any:
-    """``model`` converted by ``openvino.convert_model`` (every axis dynamic, as its default conversion does)."""
-    import openvino as ov
-    import torch
-
-    with torch.no_grad():
-        return ov.convert_model(model.eval(), example_input=tuple(example_inputs))
-
-
 def check_accuracy(model: nn.Module, int8_module: nn.Module, deploy: DeployData) -> AccuracyCheck:
     """The task's evaluation of the fp32 ``model`` and of ``int8_module``, judged on ``deploy.metric``."""
     before = deploy.evaluate(model)
@@ -208,10 +179,10 @@ def quantize_model(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], ru
     quantized model and it as an ``nn.Module`` running in its runtime. ``keep_float``: OpenVINO node names or
     PyTorch module names left in float."""
     if runtime == "openvino":
-        import openvino as ov
+        from ascan.export.openvino import OpenVINOModule, compile_model, convert
 
-        quantized = quantize_openvino(to_openvino(model, batches[0]), batches, ignored_names=keep_float)
-        return quantized, openvino_module(ov.Core().compile_model(quantized, "CPU", OPENVINO_F32))
+        quantized = quantize_openvino(convert(model, batches[0]), batches, ignored_names=keep_float)
+        return quantized, OpenVINOModule(compile_model(quantized, INT8))
     if runtime == "torch":
         quantized = quantize_pt2e(model, batches[0], batches, dynamic_batch=batches[0][0].shape[0] > 1,
                                   keep_float=keep_float)
@@ -219,17 +190,14 @@ def quantize_model(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], ru
     raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
 
 
-def quantize_checked(model: nn.Module, deploy: DeployData | None, *, runtime: str, calibration_batches: int,
+def quantize_checked(model: nn.Module, deploy: DeployData, *, runtime: str, calibration_batches: int,
                        allow_drop: bool = False, name: str = "the model", keep_float: Sequence[str] = (),
                        log=print) -> Int8Result:
     """Quantize ``model`` for ``runtime`` on ``calibration_batches`` batches of its run's training data, evaluate
     it before and after (both printed through ``log``) and return the result; raise :class:`AccuracyDropError`
     when the metric dropped more than ``deploy.tolerance`` and not ``allow_drop`` (the caller writes nothing).
 
-    ``deploy=None`` (a model name, no run) is refused in one line: there is nothing to calibrate on.
     """
-    if deploy is None:
-        raise UserError(NO_RUN_REFUSAL.format(name=name))
     if calibration_batches < 1:
         raise ValueError(f"calibration_batches must be at least 1, got {calibration_batches}")
     batches = list(deploy.calibration(calibration_batches))
@@ -245,6 +213,47 @@ def quantize_checked(model: nn.Module, deploy: DeployData | None, *, runtime: st
     return Int8Result(quantized, module, check, runtime)
 
 
-__all__ = ["ONNX_INT8_REFUSAL", "OPENVINO_F32", "AccuracyCheck", "AccuracyDropError", "Int8Result", "check_accuracy",
-           "compile_pt2e", "openvino_module", "quantize_checked", "quantize_model", "quantize_openvino",
-           "quantize_pt2e", "to_openvino"]
+def check_json(check: AccuracyCheck, output: str, written: bool) -> str:
+    """The int8 check as ``--json`` prints it."""
+    return json.dumps({"metric": check.metric, "before": check.before, "after": check.after, "drop": check.drop,
+                       "tolerance": check.tolerance, "passed": check.passed, "output": output, "written": written},
+                      indent=2)
+
+
+def quantize_and_check(model: nn.Module, args: argparse.Namespace, opts: ExportOptions, deploy: DeployData, *,
+                       name: str, title: str, in_chans: int, img_size: int, inputs: list | None = None,
+                       outputs: list[str] | None = None, command: str = "ascan export") -> int:
+    """``--precision int8`` of :func:`ascan.export.command.run_export`: ``model`` quantized by NNCF on
+    ``opts.calibration_batches`` batches of the run's training data, the run's metric printed before (fp32
+    PyTorch) and after (int8 in OpenVINO), and the IR written to ``args.output`` only when the drop is within
+    ``deploy.tolerance`` or ``opts.allow_drop``. Exit status 0, or 1 when refused (nothing written)."""
+    from ascan.export.command import EXIT_CHECK_FAILED
+    from ascan.export.openvino import ir_paths, write_ir
+
+    if opts.format != "openvino":
+        raise UserError(ONNX_INT8_REFUSAL)
+    if inputs is not None:
+        raise UserError(f"--precision int8: {name} takes other inputs than one image; int8 is offered for image "
+                        "models (a classifier, a segmenter, a detector's backbone)")
+    xml_path, bin_path = ir_paths(args.output)
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    log(title)
+    try:
+        result = quantize_checked(model, deploy, runtime="openvino", calibration_batches=opts.calibration_batches,
+                                  allow_drop=opts.allow_drop, name=name, log=log)
+    except AccuracyDropError as err:
+        if args.json:
+            print(check_json(err.check, str(xml_path), False))
+        print(f"{command}: {err}; {args.output} not written", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    write_ir(result.model, xml_path, INT8)
+    if args.json:
+        print(check_json(result.check, str(xml_path), True))
+    else:
+        kept = "" if result.check.passed else " (--allow-drop: written despite the drop)"
+        print(f"wrote {xml_path} and {bin_path.name}{kept}")
+    return 0
+
+
+__all__ = ["AccuracyCheck", "AccuracyDropError", "Int8Result", "check_accuracy", "check_json", "compile_pt2e",
+           "quantize_and_check", "quantize_checked", "quantize_model", "quantize_openvino", "quantize_pt2e"]
