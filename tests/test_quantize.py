@@ -5,12 +5,17 @@ calibration set must keep its top-1 decisions and logits on held-out images; a t
 refused (nothing returned) unless ``allow_drop``.
 """
 
+import json
+
 import pytest
 import timm
 import torch
+from conftest import write_fake_fashion_mnist
 
 import ascan  # noqa: F401  (registers the models)
-from ascan.errors import UserError
+from ascan.classify.deploy import classifier_deploy_data
+from ascan.classify.model import load_trained
+from ascan.cli import main
 from ascan.export.deploy_data import DeployData, calibration_sample, first
 from ascan.export.quantize import AccuracyDropError, quantize_checked
 
@@ -77,12 +82,6 @@ def test_a_drop_over_the_tolerance_is_refused_unless_allowed(tiny):
     assert not result.check.passed and result.check.drop > -1.0
 
 
-def test_a_model_name_without_a_run_is_refused_in_one_line(tiny):
-    with pytest.raises(UserError, match="model name without a run") as err:
-        quantize_checked(tiny, None, runtime="torch", calibration_batches=1, name="ascan_nano")
-    assert "\n" not in str(err.value)
-
-
 def test_calibration_sample_is_seeded_and_drawn_from_the_whole_split():
     items = list(range(100))
     a = [batch.tolist() for batch in calibration_sample(items, 3, batch_size=4)]
@@ -92,3 +91,78 @@ def test_calibration_sample_is_seeded_and_drawn_from_the_whole_split():
     assert len(set(drawn)) == 12 and max(drawn) >= 12  # without replacement, not the first 12
     assert len(list(calibration_sample(items[:5], 3, batch_size=4))) == 2  # fewer when the split is small
     assert len(first(items, 7)) == 7 and first(items, None) is items
+
+
+# ---- the export verb: a classifier run to int8 OpenVINO IR, refused or written ------------------------------
+
+RUN_MODEL = ["model.name=ascan_nano", f"model.kwargs={json.dumps(TINY)}"]
+RUN_QUICK = ["data.batch_size=8", "data.eval_batch_size=16", "max_steps=2", "threads=1", "deterministic=true"]
+INT8_QUICK = ["--format", "openvino", "--precision", "int8", "--calibration-batches", "1", "--eval-limit", "8"]
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fmnist")
+    write_fake_fashion_mnist(root, n_train=24, n_test=8)
+    run = tmp_path_factory.mktemp("runs") / "classify-tiny"
+    assert main(["classify", "train", "--output", str(run), "--no-progress", "--set", f"data.root={root}",
+                 *RUN_QUICK, *RUN_MODEL]) == 0
+    return run
+
+
+def one_line_refusal(capsys, *argv: str) -> str:
+    """stderr of a command that must exit with status 2 (a user error; argparse's own exits too) in one line."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_info:
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["export", "ascan_nano", "--format", "openvino", "--precision", "int8"], "no run's training data"),
+    (["classify", "export", "RUN", "--precision", "int8"], "use --format openvino --precision int8"),
+    (["classify", "export", "RUN", "--format", "openvino", "--precision", "int8", "--features-only"], "top-1"),
+    (["classify", "export", "RUN", "--format", "openvino", "--precision", "int8", "--calibration-batches", "0"],
+     "calibration"),
+])
+def test_int8_refusals_are_one_line(classifier_run, tmp_path, capsys, argv, needle):
+    pytest.importorskip("nncf", reason="NNCF (OpenVINO int8) not installed")
+    out = tmp_path / ("model.xml" if "openvino" in argv else "model.onnx")
+    argv = [str(classifier_run) if a == "RUN" else a for a in argv]
+    assert needle in one_line_refusal(capsys, *argv, "--output", str(out))
+    assert not list(tmp_path.iterdir())
+
+
+def test_int8_export_is_refused_over_the_tolerance_and_written_with_allow_drop(classifier_run, tmp_path, capsys,
+                                                                               monkeypatch):
+    pytest.importorskip("nncf", reason="NNCF (OpenVINO int8) not installed")
+    ov = pytest.importorskip("openvino", reason="OpenVINO not installed")
+    import ascan.classify.deploy as classify_deploy
+
+    monkeypatch.setattr(classify_deploy, "TOLERANCE", -1.0)  # int8 would have to gain a point of top-1
+    out = tmp_path / "tiny_int8.xml"
+    argv = ["classify", "export", str(classifier_run), "--output", str(out), *INT8_QUICK, "--json"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["written"] is False and report["metric"] == "top1" and report["tolerance"] == -1.0
+    assert "not written" in captured.err and not list(tmp_path.iterdir())  # no .xml, no .bin, no temporary
+
+    assert main([*argv, "--allow-drop"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["written"] is True and report["before"]["n"] == report["after"]["n"] == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_int8.bin", "tiny_int8.xml"]
+    # the file holds int8 weights and, compiled by plain OpenVINO, agrees with the run's fp32 model
+    graph = ov.Core().read_model(str(out))
+    assert any(op.get_type_name() == "FakeQuantize" or "i8" in str(op.get_output_element_type(0))
+               for op in graph.get_ops())
+    model = load_trained(classifier_run).model
+    (x,) = next(classifier_deploy_data(classifier_run, image_size=SIZE).calibration(1))  # the run's own images
+    with torch.no_grad():
+        expected = model(x)
+    compiled = ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = torch.from_numpy(compiled(x.numpy())[0])
+    assert torch.nn.functional.cosine_similarity(got, expected, dim=1).min() >= MIN_COSINE

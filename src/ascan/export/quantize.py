@@ -26,6 +26,7 @@ Everything heavy (torch, openvino, nncf, torchao) is imported inside the functio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -111,8 +112,9 @@ def quantize_openvino(ov_model: Any, batches: Iterable[Sequence[torch.Tensor]], 
     items = [_numpy_inputs(batch) for batch in _checked_batches(batches)]
     scope = nncf.IgnoredScope(names=list(ignored_names), types=list(ignored_types), validate=False) \
         if ignored_names or ignored_types else None
-    return nncf.quantize(ov_model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
-                         subset_size=len(items), ignored_scope=scope)
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout is the export's report
+        return nncf.quantize(ov_model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
+                             subset_size=len(items), ignored_scope=scope)
 
 
 def quantize_pt2e(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
