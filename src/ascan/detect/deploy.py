@@ -18,7 +18,7 @@ from ascan.export.deploy_data import DeployData
 if TYPE_CHECKING:
     from torch import nn
 
-    from ascan.detect.predict import TrainedDetector
+    from ascan.detect.config import DetectConfig
 
 METRIC = "box_map"
 TOLERANCE = 1.0  # box AP points an int8 detector backbone may lose (issue 28's acceptance)
@@ -50,10 +50,9 @@ def body_swapped(detector: nn.Module, body: nn.Module) -> Iterator[nn.Module]:
         backbone.body = original
 
 
-def detector_deploy_data(trained: TrainedDetector, *, eval_limit: int | None = None) -> DeployData:
-    """``trained``'s run as int8 calibration and check data for its backbone's feature network; ``eval_limit``:
-    score only the first images of the evaluation split (a quick check)."""
-    detector, cfg = trained.model, trained.cfg
+def detector_deploy_data(detector: nn.Module, cfg: DetectConfig, *, eval_limit: int | None = None) -> DeployData:
+    """A trained detector's run (its model, eval mode, and config) as int8 calibration and check data for its
+    backbone's feature network; ``eval_limit``: score only the first images of the evaluation split."""
 
     def calibration(batches: int) -> Iterator[tuple]:
         import torch

@@ -252,7 +252,7 @@ def run_export(args: argparse.Namespace) -> int:
     bake_input_size(body, img_size)
     opts = dataclasses.replace(opts, features_only=False)  # the body is the feature-map network already
     name = f"{cfg.model.backbone} features {list(backbone.out_indices)} ({cfg.model.arch} backbone)"
-    deploy = detector_deploy_data(trained, eval_limit=opts.eval_limit) if opts.precision == "int8" else None
+    deploy = detector_deploy_data(trained.model, cfg, eval_limit=opts.eval_limit) if opts.precision == "int8" else None
     return export_model(body, args, opts, name=name, origin=trained.source, in_chans=detector_cfg(cfg).in_chans,
                         img_size=img_size, features=False, deploy=deploy)
 

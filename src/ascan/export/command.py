@@ -204,15 +204,17 @@ def _exporter(opts: ExportOptions):
 
 
 def _quantize(model: nn.Module, args: argparse.Namespace, opts: ExportOptions, deploy: DeployData | None, *,
-              name: str, **kwargs) -> int:
+              name: str, command: str, **kwargs) -> int:
     """int8: ``ascan.export.quantize.quantize_and_check`` (calibrates on ``deploy``, scores before and after)."""
-    try:
-        from ascan.export.quantize import quantize_and_check
-    except ImportError:
-        raise UserError("--precision int8 needs ascan.export.quantize, not in this build yet") from None
+    from ascan.export.quantize import AccuracyDropError, quantize_and_check
+
     if deploy is None:
         raise UserError(f"--precision int8: {name} has no run's training data to calibrate on (export a run)")
-    return quantize_and_check(model, args, opts, deploy, name=name, **kwargs)
+    try:
+        return quantize_and_check(model, args, opts, deploy, name=name, command=command, **kwargs)
+    except AccuracyDropError as err:
+        print(f"{command}: {err}; {args.output} not written", file=sys.stderr)
+        return EXIT_CHECK_FAILED
 
 
 def export_classifier(args: argparse.Namespace, command: str = "ascan export") -> int:

@@ -228,8 +228,8 @@ def quantize_and_check(model: nn.Module, args: argparse.Namespace, opts: ExportO
     """``--precision int8`` of :func:`ascan.export.command.run_export`: ``model`` quantized by NNCF on
     ``opts.calibration_batches`` batches of the run's training data, the run's metric printed before (fp32
     PyTorch) and after (int8 in OpenVINO), and the IR written to ``args.output`` only when the drop is within
-    ``deploy.tolerance`` or ``opts.allow_drop``. Exit status 0, or 1 when refused (nothing written)."""
-    from ascan.export.command import EXIT_CHECK_FAILED
+    ``deploy.tolerance`` or ``opts.allow_drop``. Exit status 0; :class:`AccuracyDropError` when refused (the
+    check printed first, as JSON with ``--json``; nothing written)."""
     from ascan.export.openvino import ir_paths, write_ir
 
     if opts.format != "openvino":
@@ -246,8 +246,7 @@ def quantize_and_check(model: nn.Module, args: argparse.Namespace, opts: ExportO
     except AccuracyDropError as err:
         if args.json:
             print(check_json(err.check, str(xml_path), False))
-        print(f"{command}: {err}; {args.output} not written", file=sys.stderr)
-        return EXIT_CHECK_FAILED
+        raise
     write_ir(result.model, xml_path, INT8)
     if args.json:
         print(check_json(result.check, str(xml_path), True))

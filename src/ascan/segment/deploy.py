@@ -11,17 +11,18 @@ from typing import TYPE_CHECKING
 from ascan.export.deploy_data import DeployData
 
 if TYPE_CHECKING:
-    from ascan.segment.predict import TrainedSegmenter
+    from ascan.segment.config import SegmentConfig
+    from ascan.segment.model import Segmenter
 
 METRIC = "mIoU"
 TOLERANCE = 1.0  # mIoU points an int8 segmenter may lose (issue 28's acceptance)
 
 
-def segmenter_deploy_data(trained: TrainedSegmenter, *, eval_limit: int | None = None) -> DeployData:
-    """``trained``'s run as int8 calibration and check data; ``eval_limit``: score only the first images of the
-    evaluation split (a quick check)."""
-    cfg, multiple = trained.cfg, trained.model.size_multiple
-    num_classes = trained.model.num_classes
+def segmenter_deploy_data(model: Segmenter, cfg: SegmentConfig, class_names: tuple[str, ...], *,
+                          eval_limit: int | None = None) -> DeployData:
+    """A trained segmenter's run (its model, config and class names) as int8 calibration and check data;
+    ``eval_limit``: score only the first images of the evaluation split (a quick check)."""
+    multiple, num_classes = model.size_multiple, model.num_classes
 
     def calibration(batches: int) -> Iterator[tuple]:
         from ascan.export.deploy_data import calibration_sample
@@ -34,7 +35,7 @@ def segmenter_deploy_data(trained: TrainedSegmenter, *, eval_limit: int | None =
         for images, _labels in calibration_sample(dataset, batches, collate_for(multiple, info.ignore_index)):
             yield (images,)
 
-    def evaluate(model) -> dict[str, float]:
+    def evaluate(scored) -> dict[str, float]:
         import torch
 
         from ascan.export.deploy_data import first
@@ -42,8 +43,8 @@ def segmenter_deploy_data(trained: TrainedSegmenter, *, eval_limit: int | None =
         from ascan.segment.task import evaluate_segmenter
 
         dataset, info = build_eval_dataset(dataclasses.replace(cfg, progress=False))
-        return evaluate_segmenter(model, first(dataset, eval_limit), num_classes, multiple, torch.device("cpu"),
-                                  info.ignore_index, trained.class_names, cfg.data.eval_batch_size)
+        return evaluate_segmenter(scored, first(dataset, eval_limit), num_classes, multiple, torch.device("cpu"),
+                                  info.ignore_index, class_names, cfg.data.eval_batch_size)
 
     return DeployData(calibration, evaluate, METRIC, TOLERANCE)
 

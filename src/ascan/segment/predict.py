@@ -212,7 +212,8 @@ def run_export(args: argparse.Namespace) -> int:
     name = f"{cfg.model.backbone}+UPerNet ({cfg.model.protocol})"
     img_size = export_size(trained, opts.img_size)
     bake_input_size(model.backbone, img_size)
-    deploy = segmenter_deploy_data(trained, eval_limit=opts.eval_limit) if opts.precision == "int8" else None
+    deploy = (segmenter_deploy_data(model, cfg, trained.class_names, eval_limit=opts.eval_limit)
+              if opts.precision == "int8" else None)
     return export_model(model, args, opts, name=name, origin=trained.source, in_chans=model.cfg.in_chans,
                         img_size=img_size, features=False, deploy=deploy)
 
