@@ -25,6 +25,7 @@ from ascan.export.options import (
     CALIBRATION_BATCHES_RANGE,
     DEFAULT_CALIBRATION_BATCHES,
     DEFAULT_OPSET,
+    EVAL_LIMIT_RANGE,
     FORMATS,
     PRECISIONS,
     ExportOptions,
@@ -75,6 +76,8 @@ def add_export_options(parser: argparse.ArgumentParser) -> None:
                         help=f"int8: batches of training data to calibrate on (default {DEFAULT_CALIBRATION_BATCHES})")
     parser.add_argument("--allow-drop", action="store_true",
                         help="int8: write the model even if its metric dropped more than the task's tolerance")
+    parser.add_argument("--eval-limit", type=ranged(int, EVAL_LIMIT_RANGE),
+                        help="int8: score only the first N images of the evaluation split (default: all)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--features-only", action="store_true", help="export the feature-map backbone")
     parser.add_argument("--out-indices", type=int, nargs="+", help="stages a --features-only export returns "
@@ -91,7 +94,7 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
                          out_indices=tuple(args.out_indices) if args.out_indices is not None else None,
                          threads=args.threads, bench_seconds=args.bench_seconds,
                          max_size_ratio=args.max_size_ratio, calibration_batches=args.calibration_batches,
-                         allow_drop=args.allow_drop).check()
+                         allow_drop=args.allow_drop, eval_limit=args.eval_limit).check()
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -201,15 +204,17 @@ def _exporter(opts: ExportOptions):
 
 
 def _quantize(model: nn.Module, args: argparse.Namespace, opts: ExportOptions, deploy: DeployData | None, *,
-              name: str, **kwargs) -> int:
+              name: str, command: str, **kwargs) -> int:
     """int8: ``ascan.export.quantize.quantize_and_check`` (calibrates on ``deploy``, scores before and after)."""
-    try:
-        from ascan.export.quantize import quantize_and_check
-    except ImportError:
-        raise UserError("--precision int8 needs ascan.export.quantize, not in this build yet") from None
+    from ascan.export.quantize import AccuracyDropError, quantize_and_check
+
     if deploy is None:
         raise UserError(f"--precision int8: {name} has no run's training data to calibrate on (export a run)")
-    return quantize_and_check(model, args, opts, deploy, name=name, **kwargs)
+    try:
+        return quantize_and_check(model, args, opts, deploy, name=name, command=command, **kwargs)
+    except AccuracyDropError as err:
+        print(f"{command}: {err}; {args.output} not written", file=sys.stderr)
+        return EXIT_CHECK_FAILED
 
 
 def export_classifier(args: argparse.Namespace, command: str = "ascan export") -> int:
@@ -221,5 +226,20 @@ def export_classifier(args: argparse.Namespace, command: str = "ascan export") -
                             model_kwargs=getattr(args, "model_kwargs", None))
     img_size = opts.img_size or source.image_size or default_image_size(source)
     model, in_chans = build_model(source, img_size)
+    deploy = _classifier_deploy(args, opts, img_size) if opts.precision == "int8" else None
     return run_export(model, args, opts, name=source.name, origin=source.origin, in_chans=in_chans,
-                      img_size=img_size, command=command)
+                      img_size=img_size, command=command, deploy=deploy)
+
+
+def _classifier_deploy(args: argparse.Namespace, opts: ExportOptions, img_size: int) -> DeployData | None:
+    """int8's calibration data and evaluation of a classifier run (None for a model name: refused by run_export)."""
+    from ascan.classify.deploy import classifier_deploy_data
+    from ascan.export.source import run_task
+
+    if run_task(args.run) is None:
+        return None
+    if opts.features_only:
+        raise UserError("--precision int8 --features-only: int8 is checked by the run's top-1, which a feature map "
+                        "has not; export the whole classifier")
+    return classifier_deploy_data(args.run, image_size=img_size, prefer_ema=not args.no_ema, model_name=args.model,
+                                  eval_limit=opts.eval_limit)

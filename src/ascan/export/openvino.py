@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -204,7 +204,7 @@ def export_openvino(model: nn.Module, out: str | Path, opts: ExportOptions, in_c
     ``inputs`` / ``outputs`` as :func:`ascan.export.onnx.export_onnx`. Both files replace their targets only when
     every check passes; else :class:`ExportCheckError` carries the report and neither file is left behind.
     """
-    xml_path, bin_path = ir_paths(out)
+    xml_path = ir_paths(out)[0]
     model = model.eval().float()
     image_model = inputs is None
     inputs = inputs if inputs is not None else [image_input(in_chans, img_size, torch.float32)]
@@ -223,26 +223,40 @@ def export_openvino(model: nn.Module, out: str | Path, opts: ExportOptions, in_c
     other = second_size(model, img_size)
     second = [image_input(in_chans, other, torch.float32)] if image_model and any(spatial) else None
 
+    def check(tmp_xml: Path, tmp_bin: Path) -> None:
+        compiled = compile_model(tmp_xml, opts.precision, threads=report.threads)
+        computed = compiled_precision(compiled)  # what the plugin runs (no fp16 arithmetic on many CPUs)
+        if computed != opts.precision and opts.precision in PRECISION_OF_TYPE.values():
+            report.inference_precision = computed
+            report.warnings.append(f"{opts.precision} compiles as {computed} on this CPU")
+        check_file_size(report, tmp_bin.stat().st_size, opts)  # a folded bias would be in the weights
+        check_parity(model, runner(compiled), report, opts, inputs, second, other)
+        if report.failures:
+            raise ExportCheckError(report)
+
+    write_ir(converted, xml_path, opts.precision, check)
+    return report
+
+
+def write_ir(converted: ov.Model, out: str | Path, precision: str,
+             check: Callable[[Path, Path], None] | None = None) -> None:
+    """``converted`` written as IR to ``out`` (.xml) and its .bin (:func:`save`), both under temporary names first:
+    ``check(tmp_xml, tmp_bin)`` may read them and raise, and then neither target is touched; else the weights
+    replace their target, then the graph."""
+    xml_path, bin_path = ir_paths(out)
+
     def write_graph(tmp_xml: str) -> None:
         tmp_bin = Path(tmp_xml).with_suffix(WEIGHTS_SUFFIX)  # save_model writes it beside the graph
         try:
-            save(converted, tmp_xml, opts.precision)
-            compiled = compile_model(tmp_xml, opts.precision, threads=report.threads)
-            computed = compiled_precision(compiled)  # what the plugin runs (no fp16 arithmetic on many CPUs)
-            if computed != opts.precision and opts.precision in PRECISION_OF_TYPE.values():
-                report.inference_precision = computed
-                report.warnings.append(f"{opts.precision} compiles as {computed} on this CPU")
-            check_file_size(report, tmp_bin.stat().st_size, opts)  # a folded bias would be in the weights
-            check_parity(model, runner(compiled), report, opts, inputs, second, other)
-            if report.failures:
-                raise ExportCheckError(report)
+            save(converted, tmp_xml, precision)
+            if check is not None:
+                check(Path(tmp_xml), tmp_bin)
             atomic_write(bin_path, lambda tmp: os.replace(tmp_bin, tmp))  # the weights first, then the graph
         finally:
             tmp_bin.unlink(missing_ok=True)
 
     atomic_write(xml_path, write_graph)
-    return report
 
 
 __all__ = ["HINTS", "OpenVINOModule", "compile_model", "compiled_precision", "convert", "export_openvino",
-           "ir_paths", "recorded_precision", "runner", "save", "second_size"]
+           "ir_paths", "recorded_precision", "runner", "save", "second_size", "write_ir"]

@@ -35,10 +35,17 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 ONNX_BF16_REFUSAL = ("--precision bf16 --format onnx: onnxruntime's CPU provider has no bfloat16 convolution or "
                      "matrix-product kernels (and numpy no bfloat16 inputs); use --format openvino --precision bf16")
 DTYPE_NAMES = PRECISIONS  # the old name (--dtype is a hidden alias of --precision)
-# int8 calibration: batches of the run's training data (its eval batch size) fed through the model to set the
-# quantizers' ranges. NNCF's default subset is 300 samples; 1 batch already calibrates, 1000 is hours on a CPU.
+# ONNX int8 is refused, by measurement (ascan.export.quantize's docstring): onnxruntime's dynamic int8 makes
+# convolutions slower than fp32, and its static int8 of every operator lost the logits (cosine 0.79) where NNCF kept
+# them (0.9993); of convolutions and matrix products only, it kept them but was no faster than fp32.
+ONNX_INT8_REFUSAL = ("--precision int8 --format onnx: onnxruntime's int8 is slower than its fp32 for convolutions "
+                     "or loses accuracy; use --format openvino --precision int8 (NNCF)")
+# int8 calibration: batches of ascan.export.deploy_data.CALIBRATION_BATCH_SIZE (8) images of the run's training
+# data fed through the model to set the quantizers' ranges. 32 batches = 256 images (NNCF's default subset is 300
+# samples); 1 batch already calibrates, 1000 is hours on a CPU.
 CALIBRATION_BATCHES_RANGE = Range(1, 1000)
-DEFAULT_CALIBRATION_BATCHES = 8
+DEFAULT_CALIBRATION_BATCHES = 32
+EVAL_LIMIT_RANGE = Range(1, 10**9)  # int8's check on the first N evaluation images (None: the whole split)
 
 
 @dataclass
@@ -48,7 +55,8 @@ class ExportOptions:
     ``format``: ONNX (checked in onnxruntime) or OpenVINO IR (checked compiled on the CPU plugin with the
     precision's inference hint). ``precision`` int8: post-training quantization calibrated on
     ``calibration_batches`` batches of the run's training data, refused when the run's own metric drops more than
-    its task's tolerance unless ``allow_drop`` (:mod:`ascan.export.quantize`). ``img_size=None`` takes the run's
+    its task's tolerance unless ``allow_drop`` (:mod:`ascan.export.quantize`); ``eval_limit`` scores only the
+    first images of the evaluation split before and after (a quick check). ``img_size=None`` takes the run's
     image size (or the model's default input size); ``batch=None`` exports a dynamic batch axis (checked at
     batch 1 and 3), an int a fixed batch (checked at that batch).
     ``out_indices`` (stages whose maps a ``features_only`` export returns) needs ``features_only``.
@@ -67,12 +75,15 @@ class ExportOptions:
     max_size_ratio: float = setting(DEFAULT_MAX_SIZE_RATIO, MAX_SIZE_RATIO_RANGE)
     calibration_batches: int = setting(DEFAULT_CALIBRATION_BATCHES, CALIBRATION_BATCHES_RANGE)
     allow_drop: bool = False
+    eval_limit: int | None = setting(None, EVAL_LIMIT_RANGE)
 
     def check(self) -> ExportOptions:
         """Raise a one-line UserError for the first value out of range or inconsistent; return ``self``."""
         check_ranges(self)
         if self.format == "onnx" and self.precision == "bf16":
             raise UserError(ONNX_BF16_REFUSAL)
+        if self.format == "onnx" and self.precision == "int8":
+            raise UserError(ONNX_INT8_REFUSAL)
         if self.out_indices is not None and not self.features_only:
             raise UserError(f"out_indices {list(self.out_indices)} needs features_only (--features-only)")
         if self.out_indices is not None and (not self.out_indices or min(self.out_indices) < 0):
