@@ -236,3 +236,24 @@ def test_every_family_converts_and_matches_at_224_and_a_second_size(name, kwargs
     errors = convert_and_compare(name, kwargs, 224, (224, SECOND_SIZE))
     print(f"{name} {kwargs}: max abs error {errors}")  # the figures BENCHMARKS.md quotes (pytest -s)
     assert all(err <= ATOL for _, err in errors), errors
+
+
+@pytest.mark.parametrize("argv, asks", [
+    (["ascan_nano", "--format", "openvino"], True),
+    (["ascan_nano", "--format=openvino"], True),
+    (["run", "--precision", "int8"], True),
+    (["ascan_nano", "--precision", "bf16"], False),
+    (["ascan_nano"], False),
+])
+def test_a_missing_deploy_extra_is_one_line_before_anything_runs(monkeypatch, argv, asks):
+    """The extras table asks for 'deploy' exactly when OpenVINO or int8 is asked for (openvino made missing here)."""
+    from ascan import extras
+    from ascan.errors import UserError
+
+    monkeypatch.setattr(extras, "missing", lambda modules: [m for m in modules if m == "openvino"])
+    for command, verb in (("export", None), ("classify", "export"), ("segment", "export")):
+        if asks:
+            with pytest.raises(UserError, match=r"openvino, not installed: pip install 'ascan\[deploy\]'"):
+                extras.check_command(command, verb, argv)
+        else:
+            extras.check_command(command, verb, argv)
