@@ -230,6 +230,7 @@ def whole_detector_untraceable(model: nn.Module, image_size: int) -> str | None:
 def run_export(args: argparse.Namespace) -> int:
     """``ascan detect export``: the detector's backbone feature maps (``--features-only``); the whole detector is
     tried first and refused in one line when the exporter cannot trace it."""
+    from ascan.detect.deploy import detector_deploy_data
     from ascan.export.command import check_export_args
     from ascan.export.command import run_export as export_model
     from ascan.segment.commands import bake_input_size
@@ -251,8 +252,10 @@ def run_export(args: argparse.Namespace) -> int:
     bake_input_size(body, img_size)
     opts = dataclasses.replace(opts, features_only=False)  # the body is the feature-map network already
     name = f"{cfg.model.backbone} features {list(backbone.out_indices)} ({cfg.model.arch} backbone)"
+    deploy = detector_deploy_data(trained.model, cfg, eval_limit=opts.eval_limit) if opts.precision == "int8" else None
     return export_model(body, args, opts, name=name, origin=trained.source, in_chans=detector_cfg(cfg).in_chans,
-                        img_size=img_size, features=False)
+                        img_size=img_size, features=False, outputs=[f"stage{i}" for i in backbone.out_indices],
+                        deploy=deploy)
 
 
 def run_eval(args) -> int:

@@ -204,6 +204,7 @@ def run_export(args: argparse.Namespace) -> int:
     from ascan.export.command import check_export_args
     from ascan.export.command import run_export as export_model
     from ascan.segment.commands import bake_input_size
+    from ascan.segment.deploy import segmenter_deploy_data
 
     opts = check_export_args(args)
     trained = load_trained(args.run, prefer_ema=not args.no_ema)
@@ -211,8 +212,10 @@ def run_export(args: argparse.Namespace) -> int:
     name = f"{cfg.model.backbone}+UPerNet ({cfg.model.protocol})"
     img_size = export_size(trained, opts.img_size)
     bake_input_size(model.backbone, img_size)
+    deploy = (segmenter_deploy_data(model, cfg, trained.class_names, eval_limit=opts.eval_limit)
+              if opts.precision == "int8" else None)
     return export_model(model, args, opts, name=name, origin=trained.source, in_chans=model.cfg.in_chans,
-                        img_size=img_size, features=False)
+                        img_size=img_size, features=False, deploy=deploy)
 
 
 def run_eval(args: argparse.Namespace) -> int:
