@@ -16,6 +16,10 @@ FUSE_CHOICES = ("off", "on", "both")
 # How a model runs in a low-precision dtype: under autocast (fp32 weights, cast per op), or with its weights and
 # input cast to the dtype once (``model.to(torch.bfloat16)``, timm benchmark.py's ``--model-dtype``).
 CASTS = ("autocast", "weights")
+# Where and in what precision a model runs (``--runtime``, ``--precision``, or per model in ``--setup``):
+# PyTorch eager (or compiled), or a converted graph in a deployment runtime (ascan.bench.runtimes).
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 # FasterViT is not in timm: FastViT, the nearest timm family, stands in at its own resolution. A stand-in
 # is not the published model, so no published figure is shown beside it.

@@ -33,16 +33,27 @@ def _fmt(value: float | None, spec: str) -> str:
     return format(value, spec)
 
 
+def parity_cell(row: Row) -> str:
+    """How far the row's outputs were from eager fp32 (checked before timing): max abs error in fp32, the
+    outputs' cosine below it."""
+    if row.parity_max_abs is None:
+        return "-"
+    if row.precision == "fp32":
+        return f"{row.parity_max_abs:.1e}"
+    return f"cos {row.parity_cosine:.5f}"
+
+
 def rich_table(rows: Sequence[Row], meta: dict[str, object], peak_given: bool) -> Table:
     reference = rows[0].reference if rows else ""
     title = (
-        f"ascan bench - {meta.get('device')} {meta.get('dtype', '')} - ratio: img/s over {reference}, "
+        f"ascan bench - {meta.get('device')} {meta.get('precision', '')} - ratio: img/s over {reference}, "
         "median of per-round ratios [min-max]"
     )
     table = Table(title=title, show_lines=False)
     columns = [
         ("model", "left"),
         ("setup", "left"),
+        ("vs fp32", "right"),
         ("mode", "left"),
         ("batch", "right"),
         ("res", "right"),
@@ -65,6 +76,7 @@ def rich_table(rows: Sequence[Row], meta: dict[str, object], peak_given: bool) -
         cells = [
             label,
             row.setup,
+            parity_cell(row),
             row.mode,
             str(row.batch_size),
             str(row.img_size),
