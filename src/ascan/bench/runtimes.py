@@ -154,13 +154,17 @@ def _openvino_model(model: nn.Module, example: torch.Tensor):
 def build_openvino(model: nn.Module, in_chans: int, img_size: int, precision: str, threads: int,
                    profile: bool = False) -> Deployed:
     """The model converted by ``openvino.convert_model`` and compiled for the CPU in ``precision``."""
-    import openvino as ov
-
-    example = _example(in_chans, img_size)
-    ov_model = _openvino_model(model, example)
+    ov_model = _openvino_model(model, _example(in_chans, img_size))
     if precision == "int8":
         quantize = _quantize_module()
         ov_model = quantize.quantize_openvino(ov_model, calibration_batches(in_chans, img_size, PARITY_BATCH))
+    return compile_openvino(ov_model, precision, threads, profile)
+
+
+def compile_openvino(ov_model, precision: str, threads: int, profile: bool = False) -> Deployed:
+    """A converted OpenVINO model compiled for the CPU in ``precision`` (:func:`openvino_config`), one request."""
+    import openvino as ov
+
     compiled = ov.Core().compile_model(ov_model, "CPU", openvino_config(precision, threads, profile))
     request = compiled.create_infer_request()
 

@@ -1,0 +1,186 @@
+"""``ascan bench --runtime/--precision``: each runtime's model agrees with eager fp32 PyTorch before it is timed,
+a model that does not is refused, and impossible runtime/precision choices are one line (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import ascan  # noqa: F401  (registers ascan models)
+from ascan.bench import runner, runtimes
+from ascan.cli import main as ascan_main
+from ascan.errors import UserError
+
+SMALL = ("--img-size", "32", "--batch-sizes", "2", "--num-classes", "10", "--warmup", "1", "--iters", "1",
+         "--repeats", "2", "--quiet", "--threads", "1")
+IMG = 32
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    code = ascan_main(["bench", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def nano() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("ascan_nano", num_classes=10, img_size=IMG).eval()
+
+
+@pytest.fixture(scope="module")
+def nano_openvino(nano):
+    """ascan_nano converted once (the conversion is most of the cost); each test compiles its precision."""
+    pytest.importorskip("openvino")
+    return runtimes._openvino_model(nano, runtimes._example(1, IMG))
+
+
+def _eager(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def _inputs(batch: int) -> np.ndarray:
+    return np.random.default_rng(batch).standard_normal((batch, 1, IMG, IMG)).astype(np.float32)
+
+
+def test_onnxruntime_agrees_with_eager_fp32(nano, tmp_path):
+    """The built runtime model against the eager fp32 model, on inputs of this test's own at two batch sizes."""
+    pytest.importorskip("onnxruntime")
+    deployed = runtimes.build(nano, "onnxruntime", "fp32", 1, IMG, threads=1, workdir=tmp_path)
+    for batch in (1, 3):
+        x = _inputs(batch)
+        assert np.max(np.abs(np.asarray(deployed.run(x)) - _eager(nano, x))) <= 1e-4
+
+
+def test_openvino_fp32_is_really_fp32(nano, nano_openvino):
+    """On a CPU with bf16 units OpenVINO's default precision is bf16: the bench's fp32 sets the f32 hint, and
+    agrees with eager fp32 to float32 rounding (bf16 would be ~1e-2 off), at two batch sizes."""
+    deployed = runtimes.compile_openvino(nano_openvino, "fp32", threads=1)
+    for batch in (1, 3):
+        x = _inputs(batch)
+        assert np.max(np.abs(np.asarray(deployed.run(x)) - _eager(nano, x))) <= 1e-5
+
+
+def test_openvino_bf16_rounds_like_bf16(nano, nano_openvino):
+    """bf16: close to eager fp32, and not identical (the hint took effect)."""
+    deployed = runtimes.compile_openvino(nano_openvino, "bf16", threads=1)
+    x = _inputs(3)
+    expected = _eager(nano, x)
+    error, scale = np.max(np.abs(np.asarray(deployed.run(x)) - expected)), np.max(np.abs(expected))
+    assert 1e-5 * scale < error <= 0.05 * scale
+
+
+def test_bench_checks_parity_then_times_each_runtime(tmp_path, capsys, monkeypatch):
+    """One interleaved run: test_convnext in OpenVINO bf16, test_vit in onnxruntime, ascan_nano in PyTorch fp32;
+    every row says its runtime/precision and how far from eager fp32 it was; % peak is of its precision's peak."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    from ascan.bench import peak as peak_module
+
+    fake = {torch.float32: 1.0, torch.bfloat16: 4.0}
+    monkeypatch.setattr(peak_module, "measure_peak",
+                        lambda dtype, device="cpu": peak_module.Peak(str(dtype), device, fake[dtype], 0.0))
+    out = tmp_path / "bench"
+    code, stdout, _ = _run(capsys, "ascan_nano", "test_convnext", "test_vit", *SMALL, "--out", str(out),
+                           "--measure-peak", "--setup", "test_convnext=openvino,bf16",
+                           "--setup", "test_vit=onnxruntime,fp32")
+    assert code == 0, stdout
+    document = json.loads((out / "bench.json").read_text())
+    rows = {row["label"]: row for row in document["rows"]}
+    nano, convnext, vit = rows["ascan_nano"], rows["test_convnext"], rows["test_vit"]
+    assert (convnext["runtime"], convnext["precision"], convnext["setup"]) == ("openvino", "bf16", "openvino bf16")
+    assert (vit["runtime"], vit["setup"]) == ("onnxruntime", "onnxruntime fp32")
+    assert (nano["runtime"], nano["precision"]) == ("torch", "fp32")
+    assert vit["parity_max_abs"] <= 1e-4 and nano["parity_max_abs"] <= 1e-6
+    assert 0.99 <= convnext["parity_cosine"] <= 1.0 and convnext["parity_max_abs"] > 0
+    assert all(row["img_per_s"] > 0 and len(row["img_per_s_by_round"]) == 2 for row in rows.values())
+    assert set(document["meta"]["versions"]) == {"openvino", "onnxruntime"}
+    assert convnext["peak_fraction"] == pytest.approx(convnext["tflops"] / 4.0)
+    assert vit["peak_fraction"] == pytest.approx(vit["tflops"] / 1.0)
+
+
+def test_a_runtime_that_disagrees_is_refused_before_timing(capsys, monkeypatch):
+    """A conversion whose outputs are off is one line naming the model, and nothing is timed."""
+    pytest.importorskip("onnxruntime")
+    real_build = runtimes.build
+
+    def broken(*args, **kwargs):
+        deployed = real_build(*args, **kwargs)
+        run = deployed.run
+        deployed.run = lambda x: np.asarray(run(x)) + 1e-3
+        return deployed
+
+    monkeypatch.setattr(runtimes, "build", broken)
+    timed = []
+    monkeypatch.setattr(runner, "run_interleaved", lambda *a, **k: timed.append(1))
+    code, _, err = _run(capsys, "test_convnext", *SMALL, "--runtime", "onnxruntime")
+    assert code == 2 and not timed
+    error = err.strip().splitlines()[-1]  # the lines before it are the build's progress log
+    assert "test_convnext: max abs error" in error and "not timed" in error and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("parity", "precision", "ok"), [
+    (runtimes.Parity(5e-5, 1.0, 1.0), "fp32", True),
+    (runtimes.Parity(2e-4, 1.0, 1.0), "fp32", False),
+    (runtimes.Parity(0.1, 1.0, 0.999), "bf16", True),
+    (runtimes.Parity(0.1, 1.0, 0.9), "bf16", False),
+    (runtimes.Parity(0.0, 1.0, float("nan")), "int8", False),
+])
+def test_parity_bounds(parity, precision, ok):
+    assert (runtimes.parity_failure(parity, precision) is None) == ok
+
+
+def test_compare_matches_a_float64_cosine():
+    rng = np.random.default_rng(0)
+    expected = rng.standard_normal((2, 10))
+    got = expected + 0.1 * rng.standard_normal((2, 10))
+    parity = runtimes.compare(got.astype(np.float32), expected.astype(np.float32))
+    cosines = [a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(got, expected, strict=True)]
+    assert parity.cosine == pytest.approx(min(cosines), abs=1e-6)
+    assert parity.max_abs == pytest.approx(np.max(np.abs(got - expected)), abs=1e-6)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["test_vit", "--runtime", "tensorrt"], "invalid choice"),
+    (["test_vit", "--precision", "fp8"], "invalid choice"),
+    (["test_vit", "--runtime", "onnxruntime", "--precision", "bf16"], "onnxruntime in bf16 is not offered"),
+    (["test_vit", "--setup", "test_vit=onnxruntime,int8"], "ConvInteger"),
+    (["test_vit", "--runtime", "openvino", "--train"], "only runs inference"),
+    (["test_vit", "--runtime", "openvino", "--compile"], "compiles its own graph"),
+    (["test_vit", "--setup", "test_vit=openvino,tpu"], "comma list of"),
+])
+def test_bad_runtime_options_give_one_line_and_exit_2(capsys, args, message):
+    code, out, err = _run(capsys, *args, "--quiet")
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err + out
+
+
+def test_setup_names_runtime_and_precision_per_model():
+    cfg = runner.BenchConfig(models=("ascan_nano", "test_convnext"), precision="bf16", fast=True,
+                             setups=(("test_convnext", "openvino,int8"),))
+    assert runner.model_setup(cfg, "ascan_nano", ours=True) == runner.Setup(True, "weights", "torch", "bf16")
+    assert runner.model_setup(cfg, "test_convnext", ours=False) == runner.Setup(False, "autocast", "openvino",
+                                                                                 "int8")
+    assert runner.run_precisions(cfg) == ["bf16"]  # int8 has no measured peak
+
+
+def test_int8_without_the_quantize_module_is_one_line(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_quantize(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "ascan.export" and fromlist and "quantize" in fromlist:
+            raise ImportError("no quantize")
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", no_quantize)
+    with pytest.raises(UserError, match="int8: not available yet"):
+        runtimes._quantize_module()
