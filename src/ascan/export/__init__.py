@@ -1,9 +1,11 @@
 """Model export: ``ascan export`` (:mod:`ascan.export.cli`) writes ONNX through the dynamo exporter and checks
-it in onnxruntime; :mod:`ascan.export.onnx` holds the export and the checks, :mod:`ascan.export.source` how a
-model name, run folder or weights file becomes the model to export.
+it in onnxruntime (:mod:`ascan.export.onnx`), or OpenVINO IR checked compiled on the CPU
+(:mod:`ascan.export.openvino`); :mod:`ascan.export.checks` holds the checks both share (a runtime against eager
+PyTorch, the report), :mod:`ascan.export.source` how a model name, run folder or weights file becomes the model
+to export.
 
-Importing this package does not import onnx, onnxruntime or onnxscript (the ``export`` extra): only an
-export does.
+Importing this package does not import onnx, onnxruntime, onnxscript (the ``export`` extra) or openvino (the
+``deploy`` extra): only an export does.
 """
 
 import importlib

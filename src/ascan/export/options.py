@@ -27,23 +27,37 @@ DEFAULT_BENCH_SECONDS = 3.0  # per engine and batch size: enough for a stable im
 MAX_SIZE_RATIO_RANGE = Range(1.0, math.inf)
 DEFAULT_MAX_SIZE_RATIO = 1.5
 
-# bf16 is left out: numpy (onnxruntime's input type) has no bfloat16, and onnxruntime's CPU kernels mostly
-# lack it. fp16 runs on onnxruntime's CPU provider (slowly): the parity check works everywhere.
-DTYPE_NAMES = ("fp32", "fp16")
+FORMATS = ("onnx", "openvino")  # the file written: one .onnx, or OpenVINO IR (.xml + .bin beside it)
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+# ONNX bf16 is refused: numpy (onnxruntime's input type) has no bfloat16, and onnxruntime's CPU provider has no
+# bfloat16 Conv / MatMul kernels. ONNX fp16 runs on onnxruntime's CPU provider (slowly): its check works
+# everywhere. OpenVINO compiles one fp32 graph at any precision (an inference precision hint).
+ONNX_BF16_REFUSAL = ("--precision bf16 --format onnx: onnxruntime's CPU provider has no bfloat16 convolution or "
+                     "matrix-product kernels (and numpy no bfloat16 inputs); use --format openvino --precision bf16")
+DTYPE_NAMES = PRECISIONS  # the old name (--dtype is a hidden alias of --precision)
+# int8 calibration: batches of the run's training data (its eval batch size) fed through the model to set the
+# quantizers' ranges. NNCF's default subset is 300 samples; 1 batch already calibrates, 1000 is hours on a CPU.
+CALIBRATION_BATCHES_RANGE = Range(1, 1000)
+DEFAULT_CALIBRATION_BATCHES = 8
 
 
 @dataclass
 class ExportOptions:
-    """How to export: size, batch, dtype, opset, fusion, feature maps, and the checks run afterwards.
+    """How to export: format, precision, size, batch, opset, fusion, feature maps, and the checks run afterwards.
 
-    ``img_size=None`` takes the run's image size (or the model's default input size); ``batch=None`` exports
-    a dynamic batch axis (checked at batch 1 and 3), an int a fixed batch (checked at that batch).
+    ``format``: ONNX (checked in onnxruntime) or OpenVINO IR (checked compiled on the CPU plugin with the
+    precision's inference hint). ``precision`` int8: post-training quantization calibrated on
+    ``calibration_batches`` batches of the run's training data, refused when the run's own metric drops more than
+    its task's tolerance unless ``allow_drop`` (:mod:`ascan.export.quantize`). ``img_size=None`` takes the run's
+    image size (or the model's default input size); ``batch=None`` exports a dynamic batch axis (checked at
+    batch 1 and 3), an int a fixed batch (checked at that batch).
     ``out_indices`` (stages whose maps a ``features_only`` export returns) needs ``features_only``.
     """
 
     img_size: int | None = setting(None, IMG_SIZE_RANGE)
     batch: int | None = setting(None, BATCH_RANGE)
-    dtype: str = setting("fp32", choices=DTYPE_NAMES)
+    format: str = setting("onnx", choices=FORMATS)
+    precision: str = setting("fp32", choices=PRECISIONS)
     opset: int = setting(DEFAULT_OPSET, OPSET_RANGE)
     fuse: bool = False
     features_only: bool = False
@@ -51,10 +65,14 @@ class ExportOptions:
     threads: int | None = setting(None, THREADS_RANGE)  # None: torch's current intra-op thread count
     bench_seconds: float = setting(DEFAULT_BENCH_SECONDS, BENCH_SECONDS_RANGE)
     max_size_ratio: float = setting(DEFAULT_MAX_SIZE_RATIO, MAX_SIZE_RATIO_RANGE)
+    calibration_batches: int = setting(DEFAULT_CALIBRATION_BATCHES, CALIBRATION_BATCHES_RANGE)
+    allow_drop: bool = False
 
     def check(self) -> ExportOptions:
         """Raise a one-line UserError for the first value out of range or inconsistent; return ``self``."""
         check_ranges(self)
+        if self.format == "onnx" and self.precision == "bf16":
+            raise UserError(ONNX_BF16_REFUSAL)
         if self.out_indices is not None and not self.features_only:
             raise UserError(f"out_indices {list(self.out_indices)} needs features_only (--features-only)")
         if self.out_indices is not None and (not self.out_indices or min(self.out_indices) < 0):
@@ -62,11 +80,18 @@ class ExportOptions:
         return self
 
     @property
+    def dtype(self) -> str:
+        """The old name of :attr:`precision`."""
+        return self.precision
+
+    @property
     def torch_dtype(self):
-        """The torch dtype of :attr:`dtype` (torch imported here: the options load before any export runs)."""
+        """The dtype the model is traced in and fed (torch imported here: the options load before any export runs):
+        fp16 for an ONNX fp16 export; fp32 otherwise (OpenVINO lowers an fp32 graph at compile time, int8
+        quantizes an fp32 one)."""
         import torch
 
-        return {"fp32": torch.float32, "fp16": torch.float16}[self.dtype]
+        return torch.float16 if self.format == "onnx" and self.precision == "fp16" else torch.float32
 
     @property
     def dynamic_batch(self) -> bool:

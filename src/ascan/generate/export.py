@@ -87,8 +87,9 @@ def check_generator_options(gen: TrainedGenerator, opts: ExportOptions) -> None:
         raise UserError("--features-only: the generator's denoiser is exported whole (it has no feature-map form)")
     if opts.fuse:
         raise UserError("--fuse: the generator has no BatchNorm to fold (it uses GroupNorm / LayerNorm)")
-    if opts.dtype != "fp32":
-        raise UserError(f"--dtype {opts.dtype}: the generator exports in fp32 (its time embedding is computed in fp32)")
+    if opts.precision != "fp32":
+        raise UserError(f"--precision {opts.precision}: the generator exports in fp32 (its time embedding is computed "
+                        "in fp32)")
 
 
 def export_generator(gen: TrainedGenerator, args: argparse.Namespace, opts: ExportOptions, *, origin: str) -> int:
