@@ -51,12 +51,18 @@ def data_files(cfg: DetectConfig, train: bool, progress: bool = True) -> tuple[P
     return split_files(cfg, train)
 
 
-def build_dataset(cfg: DetectConfig, train: bool, progress: bool = True) -> tuple[Dataset, tuple[str, ...]]:
-    """The split as a data set of ``(float image, target)`` and the class names (label ``i`` is ``names[i-1]``)."""
+def build_dataset(cfg: DetectConfig, train: bool, progress: bool = True, *,
+                  augment: bool | None = None) -> tuple[Dataset, tuple[str, ...]]:
+    """The split as a data set of ``(float image, target)`` and the class names (label ``i`` is ``names[i-1]``).
+
+    ``augment``: the training transform (flip, scale jitter); by default on the training split only. The
+    training split without it is what int8 calibrates on.
+    """
     data = cfg.data
+    augment = train if augment is None else augment
     annotations, images = data_files(cfg, train, progress)
     scale = (data.scale_min, data.scale_max) if data.scale_min is not None else None
-    transforms = detection_transforms(train, hflip=data.hflip, scale_range=scale,
+    transforms = detection_transforms(augment, hflip=data.hflip, scale_range=scale,
                                       target_size=(data.image_size, data.image_size))
     dataset = CocoInstances(annotations, images, transforms)
     names = dataset.class_names
