@@ -25,13 +25,13 @@ import json
 import tempfile
 from pathlib import Path
 
-import timm
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 import ascan  # noqa: F401  (registers the models)
 from ascan import fuse
 from ascan.bench import runtimes
+from ascan.bench.runner import create
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model = timm.create_model(args.model, img_size=args.img_size).eval()
+    model = create(args.model, args.img_size, num_classes=1000).eval()  # the bench's factory: sized for img_size
     if args.fused:
         model = fuse(model)
     x = torch.randn(args.batch, model.pretrained_cfg.get("input_size", (3,))[0], args.img_size, args.img_size)

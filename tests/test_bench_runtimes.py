@@ -89,8 +89,9 @@ def test_openvino_int8_through_nncf_stays_close(nano, nano_openvino):
 
 
 def test_bench_checks_parity_then_times_each_runtime(tmp_path, capsys, monkeypatch):
-    """One interleaved run: test_convnext in OpenVINO bf16, test_vit in onnxruntime, ascan_nano in PyTorch fp32;
-    every row says its runtime/precision and how far from eager fp32 it was; % peak is of its precision's peak."""
+    """One interleaved run: test_convnext in OpenVINO bf16 (an ``@`` entry), test_vit in onnxruntime (--setup),
+    ascan_nano in PyTorch fp32; every row says its runtime/precision and how far from eager fp32 it was; % peak is
+    of its precision's peak."""
     pytest.importorskip("openvino")
     pytest.importorskip("onnxruntime")
     from ascan.bench import peak as peak_module
@@ -99,13 +100,13 @@ def test_bench_checks_parity_then_times_each_runtime(tmp_path, capsys, monkeypat
     monkeypatch.setattr(peak_module, "measure_peak",
                         lambda dtype, device="cpu": peak_module.Peak(str(dtype), device, fake[dtype], 0.0))
     out = tmp_path / "bench"
-    code, stdout, _ = _run(capsys, "ascan_nano", "test_convnext", "test_vit", *SMALL, "--out", str(out),
-                           "--measure-peak", "--setup", "test_convnext=openvino,bf16",
-                           "--setup", "test_vit=onnxruntime,fp32")
+    code, stdout, _ = _run(capsys, "ascan_nano", "test_convnext@openvino,bf16", "test_vit", *SMALL, "--out", str(out),
+                           "--measure-peak", "--setup", "test_vit=onnxruntime,fp32")
     assert code == 0, stdout
     document = json.loads((out / "bench.json").read_text())
     rows = {row["label"]: row for row in document["rows"]}
-    nano, convnext, vit = rows["ascan_nano"], rows["test_convnext"], rows["test_vit"]
+    nano, convnext, vit = rows["ascan_nano"], rows["test_convnext@openvino,bf16"], rows["test_vit"]
+    assert convnext["model"] == "test_convnext"
     assert (convnext["runtime"], convnext["precision"], convnext["setup"]) == ("openvino", "bf16", "openvino bf16")
     assert (vit["runtime"], vit["setup"]) == ("onnxruntime", "onnxruntime fp32")
     assert (nano["runtime"], nano["precision"]) == ("torch", "fp32")
@@ -200,3 +201,15 @@ def test_int8_without_the_quantize_module_is_one_line(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_quantize)
     with pytest.raises(UserError, match="int8: not available yet"):
         runtimes._quantize_module()
+
+
+def test_model_entries_carry_their_own_setup():
+    """``NAME@OPTS``: the same model twice in one run, each entry in its own runtime/precision."""
+    cfg = runner.BenchConfig(models=("test_convnext", "test_convnext@openvino,bf16"),
+                             setups=(("test_convnext", "cl"),))
+    runner.check_config(cfg)
+    assert runner.model_setup(cfg, "test_convnext", ours=False) == runner.Setup(True, "autocast", "torch", "fp32")
+    assert runner.model_setup(cfg, "test_convnext@openvino,bf16", ours=False) == runner.Setup(
+        True, "autocast", "openvino", "bf16")
+    with pytest.raises(UserError, match="model test_convnext@tpu: options are a comma list"):
+        runner.check_config(runner.BenchConfig(models=("test_convnext@tpu",)))

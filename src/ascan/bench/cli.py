@@ -51,7 +51,12 @@ def _setups(items: list[str]) -> tuple[tuple[str, str], ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = doc_parser("ascan bench", __doc__)
-    parser.add_argument("models", nargs="*", help="timm model names (ascan's models are registered in timm)")
+    parser.add_argument(
+        "models",
+        nargs="*",
+        help="timm model names (ascan's models are registered in timm); NAME@OPTS gives that entry its own setup "
+        "(options as --setup), so one run can time a model in several runtimes: convnext_small@openvino,int8",
+    )
     parser.add_argument(
         "--preset", action="append", default=[], help="named model set (repeatable); see --list-presets"
     )
@@ -184,10 +189,10 @@ def explain(cfg, console) -> int:
     """
     import torch._dynamo
 
-    from ascan.bench.runner import create, input_channels, resolve_img_size
+    from ascan.bench.runner import create, input_channels, resolve_img_size, split_entry
     from ascan.fusion import fuse
 
-    for name in cfg.models:
+    for name in dict.fromkeys(split_entry(entry)[0] for entry in cfg.models):
         size = resolve_img_size(cfg, name)
         model = create(name, size, cfg.num_classes).eval()
         if cfg.fuse != "off":

@@ -64,6 +64,10 @@ PRESETS: dict[str, tuple[str, ...]] = {
     ),
     # The acceptance comparison for this repository's CPU machines (2 cores, fp32, 224).
     "cpu-check": ("ascan_tiny", "maxvit_tiny_tf_224", "swin_small_patch4_window7_224", "coatnet_0_224"),
+    # Issue 28's CPU deployment comparison: the peers of the cpu-check, ConvNeXt-S and EfficientNetV2-S
+    # (run with --runtime/--precision, or each model in its best runtime via --setup).
+    "cpu-deploy": ("ascan_tiny", "convnext_small", "swin_small_patch4_window7_224", "maxvit_tiny_tf_224",
+                   "coatnet_0_224", "tf_efficientnetv2_s"),
     # Tiny timm test networks: a seconds-long smoke run of the whole tool.
     "smoke": ("test_vit", "test_convnext", "test_efficientnet"),
 }

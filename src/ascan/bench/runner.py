@@ -45,6 +45,9 @@ SETUP_OPTIONS = ("cl", "nchw") + CASTS + RUNTIMES + PRECISIONS
 PEAK_TFLOPS_RANGE = Range(0.0, math.inf, low_open=True, high_open=True)
 BATCH_RANGE = Range(1, 4096)  # one timed batch: above this a 224-px batch alone exceeds any machine's memory
 MODES = ("infer", "train")
+# A model entry may carry its own setup: ``convnext_small@openvino,int8`` (so one run can time the same model in
+# several runtimes or precisions side by side; the entry is the row's label).
+ENTRY_SEP = "@"
 FUSED_SUFFIX = "+fused"
 # Training-step cost is counted on a batch of this size (BatchNorm in train mode needs > 1 sample).
 _TRAIN_FLOP_BATCH = 2
@@ -161,6 +164,18 @@ def check_model_names(names: tuple[str, ...]) -> None:
             raise UserError(f"unknown model {name!r} (not in timm's registry){hint}")
 
 
+def split_entry(entry: str) -> tuple[str, str]:
+    """``(timm name, inline setup options)`` of a model entry (``name`` or ``name@opt,opt``)."""
+    name, _, options = entry.partition(ENTRY_SEP)
+    return name, options
+
+
+def _check_options(what: str, options: str) -> None:
+    bad = [o for o in options.split(",") if o not in SETUP_OPTIONS]
+    if bad or not options:
+        raise UserError(f"{what}: options are a comma list of {', '.join(SETUP_OPTIONS)}")
+
+
 def check_config(cfg: BenchConfig) -> None:
     """Reject bad arguments before any model is built: one clear line each."""
     if not cfg.models:
@@ -172,19 +187,21 @@ def check_config(cfg: BenchConfig) -> None:
     check_ranges(cfg, as_flags=True)  # every field's declared range or choices, named as its option
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but no CUDA GPU is available on this machine")
-    check_model_names(cfg.models)
+    check_model_names(tuple(dict.fromkeys(split_entry(entry)[0] for entry in cfg.models)))
+    for entry in cfg.models:
+        if ENTRY_SEP in entry:
+            _check_options(f"model {entry}", split_entry(entry)[1])
     if cfg.freeze and not cfg.compile:
         raise UserError("--freeze is an inductor setting: it needs --compile")
     if cfg.reference is not None and cfg.reference not in cfg.models:
         raise UserError(f"reference model {cfg.reference!r} is not among the benchmarked models")
+    names = {split_entry(entry)[0] for entry in cfg.models}
     for name, options in cfg.setups:
-        if name not in cfg.models:
+        if name not in cfg.models and name not in names:
             raise UserError(f"--setup names {name!r}, which is not among the benchmarked models")
-        bad = [o for o in options.split(",") if o not in SETUP_OPTIONS]
-        if bad or not options:
-            raise UserError(f"--setup {name}={options}: options are a comma list of {', '.join(SETUP_OPTIONS)}")
-    for name in cfg.models:
-        check_model_setup(cfg, name, model_setup(cfg, name, is_ours(name)))
+        _check_options(f"--setup {name}={options}", options)
+    for entry in cfg.models:
+        check_model_setup(cfg, entry, model_setup(cfg, entry, is_ours(split_entry(entry)[0])))
 
 
 def check_model_setup(cfg: BenchConfig, name: str, setup: Setup) -> None:
@@ -209,22 +226,25 @@ class Setup(NamedTuple):
     precision: str = "fp32"
 
 
-def model_setup(cfg: BenchConfig, name: str, ours: bool) -> Setup:
-    """How one model runs: the run's flags, ``--fast`` for ascan models, then that model's ``--setup``."""
+def model_setup(cfg: BenchConfig, entry: str, ours: bool) -> Setup:
+    """How one model entry runs: the run's flags, ``--fast`` for ascan models, that model's ``--setup`` (by timm
+    name, then by entry), then the entry's own ``@`` options."""
     channels_last, cast, runtime, precision = cfg.channels_last, cfg.cast, cfg.runtime, cfg.precision
     if cfg.fast and ours:
         channels_last, cast = True, "weights"
-    for setup_name, options in cfg.setups:
-        if setup_name == name:
-            for option in options.split(","):
-                if option in CASTS:
-                    cast = option
-                elif option in RUNTIMES:
-                    runtime = option
-                elif option in PRECISIONS:
-                    precision = option
-                else:
-                    channels_last = option == "cl"
+    name, inline = split_entry(entry)
+    chosen = [options for setup_name, options in cfg.setups if setup_name == name]
+    chosen += [options for setup_name, options in cfg.setups if setup_name == entry != name]
+    for options in chosen + ([inline] if inline else []):
+        for option in options.split(","):
+            if option in CASTS:
+                cast = option
+            elif option in RUNTIMES:
+                runtime = option
+            elif option in PRECISIONS:
+                precision = option
+            else:
+                channels_last = option == "cl"
     return Setup(channels_last, cast, runtime, precision)
 
 
@@ -355,7 +375,8 @@ def build_variants(cfg: BenchConfig, log: Callable[[str], None] = print,
     (another runtime, int8: into ``workdir``), and check its outputs against eager fp32."""
     torch.manual_seed(cfg.seed)
     variants: list[Variant] = []
-    for name in cfg.models:
+    for entry in cfg.models:
+        name = split_entry(entry)[0]
         img_size = resolve_img_size(cfg, name)
         base = create(name, img_size, cfg.num_classes).eval()
         ours = is_ours(name)
@@ -373,18 +394,18 @@ def build_variants(cfg: BenchConfig, log: Callable[[str], None] = print,
             train_flops = count_flops(train_step(train_model, x2, cfg.num_classes, contextlib.nullcontext))
             train_flops /= _TRAIN_FLOP_BATCH
         builds: list[tuple[str, bool, nn.Module, int]] = []
-        setup = model_setup(cfg, name, ours)
+        setup = model_setup(cfg, entry, ours)
         channels_last, cast = setup.channels_last, setup.cast
         converted = setup.runtime != runtimes.TORCH or setup.precision == "int8"
         reference = runtimes.reference_output(base, in_chans, img_size)
         if cfg.fuse in ("off", "both"):
-            builds.append((name, False, base, 0))
+            builds.append((entry, False, base, 0))
         if cfg.fuse in ("on", "both"):
             fused, summary = fuse_with_summary(base)
             if cfg.fuse == "on" or summary.changed:
-                builds.append((name + FUSED_SUFFIX if cfg.fuse == "both" else name, True, fused, summary.bn_folded))
+                builds.append((entry + FUSED_SUFFIX if cfg.fuse == "both" else entry, True, fused, summary.bn_folded))
             else:
-                log(f"{name}: nothing to fuse, no separate fused variant")
+                log(f"{entry}: nothing to fuse, no separate fused variant")
         for label, fused, module, bn_folded in builds:
             variant = Variant(
                 label, name, fused, ours, in_chans, img_size, params, forward_flops, train_flops, bn_folded,
@@ -600,7 +621,7 @@ def run(
 
 def run_precisions(cfg: BenchConfig) -> list[str]:
     """The floating-point precisions the run's models use (each gets its own measured peak)."""
-    used = {model_setup(cfg, name, is_ours(name)).precision for name in cfg.models}
+    used = {model_setup(cfg, entry, is_ours(split_entry(entry)[0])).precision for entry in cfg.models}
     return [p for p in DTYPES if p in used]
 
 
