@@ -49,9 +49,12 @@ WHY_NOT: dict[tuple[str, str], str] = {
 PARITY_BATCH = 2
 PARITY_SEED = 1234
 # int8's bound: the lowest cosine between its outputs and eager fp32's (flattened per sample). The float
-# precisions use the export checks' bounds. ascan_tiny keeps 0.9995 in torchao int8 (issue 28), 0.9993 in
-# OpenVINO + NNCF (ascan.export.quantize); below 0.98 a quantization has gone wrong, not merely rounded.
-MIN_COSINE = {"int8": 0.98}
+# precisions use the export checks' bounds. The bench's models have random weights, whose small logits int8
+# noise moves more than a trained model's: ascan_tiny keeps 0.9995 in torchao int8 (issue 28), but Swin-S in
+# OpenVINO + NNCF measured 0.94 at random initialisation. Below 0.9 a quantization has gone wrong (a collapsed
+# model reads ~0.2); between, the report's parity column shows it. Accuracy on trained weights is
+# ascan.export.quantize's check, not this one.
+MIN_COSINE = {"int8": 0.9}
 CALIBRATION_BATCHES = 4  # random batches for int8 calibration (random weights: no data distribution to match)
 
 
