@@ -3,7 +3,9 @@ a model that does not is refused, and impossible runtime/precision choices are o
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import statistics
 
 import numpy as np
 import pytest
@@ -213,3 +215,26 @@ def test_model_entries_carry_their_own_setup():
         True, "autocast", "openvino", "bf16")
     with pytest.raises(UserError, match="model test_convnext@tpu: options are a comma list"):
         runner.check_config(runner.BenchConfig(models=("test_convnext@tpu",)))
+
+
+def _row(label: str, model: str, by_round: list[float]) -> runner.Row:
+    values = {field.name: None for field in dataclasses.fields(runner.Row)}
+    values.update(label=label, model=model, mode="infer", batch_size=8, reference="a@ov", setup=label,
+                  img_per_s=statistics.median(by_round), img_per_s_by_round=by_round)
+    return runner.Row(**values)
+
+
+def test_best_entries_pair_each_models_fastest_entry_round_by_round():
+    """The best-of table: per model its highest-median entry; the ratio is the reference model's best over it,
+    per round (a naive loop over the rounds here)."""
+    from ascan.bench.report import best_entries
+
+    rows = [_row("a@ov", "a", [10, 12, 11]), _row("a", "a", [20, 18, 30]),
+            _row("b@ov", "b", [5, 6, 4]), _row("b", "b", [8, 9, 10])]
+    best = {entry.model: entry for entry in best_entries(rows)}
+    assert best["a"].label == "a" and best["b"].label == "b"
+    ratios = sorted(a / b for a, b in zip([20, 18, 30], [8, 9, 10], strict=True))
+    assert (best["b"].ratio, best["b"].ratio_low, best["b"].ratio_high) == pytest.approx(
+        (ratios[1], ratios[0], ratios[2]))
+    assert best["a"].ratio == pytest.approx(1.0)
+    assert best_entries(rows[:1] + rows[2:3]) == []  # one entry per model: nothing to choose
