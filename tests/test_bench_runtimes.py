@@ -140,6 +140,25 @@ def test_a_runtime_that_disagrees_is_refused_before_timing(capsys, monkeypatch):
     assert "test_convnext: max abs error" in error and "not timed" in error and "Traceback" not in err
 
 
+def test_a_disagreeing_entry_is_left_out_and_the_others_timed(tmp_path, capsys, monkeypatch):
+    """In a run of several entries the one that disagrees is named and not timed; the others are."""
+    pytest.importorskip("onnxruntime")
+    real_build = runtimes.build
+
+    def broken(*args, **kwargs):
+        deployed = real_build(*args, **kwargs)
+        run = deployed.run
+        deployed.run = lambda x: np.asarray(run(x)) + 1e-3
+        return deployed
+
+    monkeypatch.setattr(runtimes, "build", broken)
+    out = tmp_path / "bench"
+    code, _, err = _run(capsys, "test_convnext", "test_convnext@onnxruntime", *SMALL, "--out", str(out))
+    assert code == 0
+    assert "test_convnext@onnxruntime: max abs error" in err
+    assert [row["label"] for row in json.loads((out / "bench.json").read_text())["rows"]] == ["test_convnext"]
+
+
 @pytest.mark.parametrize(("parity", "precision", "ok"), [
     (runtimes.Parity(5e-5, 1.0, 1.0), "fp32", True),
     (runtimes.Parity(2e-4, 1.0, 1.0), "fp32", False),

@@ -372,9 +372,11 @@ def _torch_output(cfg: BenchConfig, variant: Variant) -> Callable[[np.ndarray], 
 def build_variants(cfg: BenchConfig, log: Callable[[str], None] = print,
                    workdir: Path | None = None) -> list[Variant]:
     """Create every model (and fused copy), count params/MACs, wrap it for timing (PyTorch) or convert it
-    (another runtime, int8: into ``workdir``), and check its outputs against eager fp32."""
+    (another runtime, int8: into ``workdir``), and check its outputs against eager fp32. An entry that fails the
+    check is logged and left out (a one-line error when that leaves nothing to time)."""
     torch.manual_seed(cfg.seed)
     variants: list[Variant] = []
+    refused: list[str] = []  # entries whose outputs disagree with eager fp32: not timed; the others still are
     for entry in cfg.models:
         name = split_entry(entry)[0]
         img_size = resolve_img_size(cfg, name)
@@ -422,8 +424,15 @@ def build_variants(cfg: BenchConfig, log: Callable[[str], None] = print,
                     variant.eager["train"] = _prepare(train_model, cfg, channels_last, cast, setup.precision)
                 variant.runnable = {mode: _compiled(m, cfg) for mode, m in variant.eager.items()}
                 run_output = _torch_output(cfg, variant)
-            variant.parity = runtimes.check_parity(label, setup.precision, run_output, reference)
+            try:
+                variant.parity = runtimes.check_parity(label, setup.precision, run_output, reference)
+            except UserError as err:
+                refused.append(str(err))
+                log(str(err))
+                continue
             variants.append(variant)
+    if refused and not variants:
+        raise UserError(refused[0] if len(refused) == 1 else f"{refused[0]} (and {len(refused) - 1} more)")
     return variants
 
 
