@@ -49,25 +49,8 @@ def _setups(items: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = doc_parser("ascan bench", __doc__)
-    parser.add_argument(
-        "models",
-        nargs="*",
-        help="timm model names (ascan's models are registered in timm); NAME@OPTS gives that entry its own setup "
-        "(options as --setup), so one run can time a model in several runtimes: convnext_small@openvino,int8",
-    )
-    parser.add_argument(
-        "--preset", action="append", default=[], help="named model set (repeatable); see --list-presets"
-    )
-    parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
-    parser.add_argument("--batch-sizes", type=_int_list, default=(1, 16, 64), help="comma list (default 1,16,64)")
-    parser.add_argument(
-        "--img-size",
-        type=int,
-        default=None,
-        help="input size for all models (default: Table-4 / timm default per model)",
-    )
+def _add_setup_options(parser: argparse.ArgumentParser) -> None:
+    """How each model runs: precision, runtime, memory format, cast, per-model setups and ascan's fast path."""
     parser.add_argument(
         "--precision",
         "--dtype",
@@ -106,6 +89,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="ascan models on their inference fast path: BN folded + conv/GELU fused, weights in --dtype, "
         "channels-last, relative-position bias cached",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = doc_parser("ascan bench", __doc__)
+    parser.add_argument(
+        "models",
+        nargs="*",
+        help="timm model names (ascan's models are registered in timm); NAME@OPTS gives that entry its own setup "
+        "(options as --setup), so one run can time a model in several runtimes: convnext_small@openvino,int8",
+    )
+    parser.add_argument(
+        "--preset", action="append", default=[], help="named model set (repeatable); see --list-presets"
+    )
+    parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    parser.add_argument("--batch-sizes", type=_int_list, default=(1, 16, 64), help="comma list (default 1,16,64)")
+    parser.add_argument(
+        "--img-size",
+        type=int,
+        default=None,
+        help="input size for all models (default: Table-4 / timm default per model)",
+    )
+    _add_setup_options(parser)
     parser.add_argument(
         "--measure-peak",
         action="store_true",
