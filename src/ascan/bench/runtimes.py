@@ -8,15 +8,15 @@ rounds. Each runtime model is built from the same eager module the PyTorch rows 
   capped constant folding) and its session (:func:`ascan.export.onnx.ort_session`), fp32 only (numpy has no
   bf16; onnxruntime's dynamic int8 turns convolutions into ``ConvInteger``, slower than fp32 on x86, so it is
   not offered);
-* **openvino**: ``openvino.convert_model`` then ``compile_model`` with the precision as
-  ``INFERENCE_PRECISION_HINT`` (:mod:`ascan.export.openvino`). The hint matters: on a CPU with bf16 units
-  OpenVINO's default *is* bf16, so an fp32 run must say ``f32``;
+* **openvino**: ``openvino.convert_model`` (dynamic batch, the height and width fixed at the bench's size) then
+  ``compile_model`` with the precision as ``INFERENCE_PRECISION_HINT`` (:mod:`ascan.export.openvino`). The hint
+  matters: on a CPU with bf16 units OpenVINO's default *is* bf16, so an fp32 run must say ``f32``;
 * **int8**: the functions of :mod:`ascan.export.quantize` (NNCF for OpenVINO, torchao's PT2E for PyTorch),
   calibrated on random batches (the bench's models have random weights too).
 
 :func:`check_parity` compares each built model with the eager fp32 model on one seeded batch before anything
 is timed: fp32, bf16 and fp16 within the export checks' bounds (:data:`ascan.export.checks.TOLERANCES`), int8
-by the cosine of the outputs (:data:`MIN_COSINE`). A model that fails is refused with one line, not timed.
+by the cosine of the outputs (:data:`MIN_COSINE`). An entry that fails is named and not timed.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +79,6 @@ class Deployed:
     precision: str
     run: Callable[[np.ndarray], np.ndarray]
     engine: object = None
-    files: list[Path] = field(default_factory=list)
 
     def step(self, x: np.ndarray) -> Callable[[], object]:
         return lambda: self.run(x)
@@ -121,7 +120,7 @@ def build_onnxruntime(model: nn.Module, in_chans: int, img_size: int, threads: i
     program.save(str(path), external_data=False)
     session = ort_session(str(path), threads, str(workdir / "ort_profile") if profile else None)
     name = session.get_inputs()[0].name
-    return Deployed(ONNXRUNTIME, "fp32", lambda x: session.run(None, {name: x})[0], session, [path])
+    return Deployed(ONNXRUNTIME, "fp32", lambda x: session.run(None, {name: x})[0], session)
 
 
 def convert_openvino(model: nn.Module, in_chans: int, img_size: int):
