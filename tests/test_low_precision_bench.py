@@ -31,12 +31,12 @@ def small_peak(monkeypatch):
 
 
 def test_model_setup_fast_applies_to_ascan_models_and_setup_overrides():
-    cfg = BenchConfig(models=("ascan_nano", "test_convnext"), dtype="bf16", fast=True,
+    cfg = BenchConfig(models=("ascan_nano", "test_convnext"), precision="bf16", fast=True,
                       setups=(("test_convnext", "cl,weights"), ("ascan_nano", "nchw")))
-    assert model_setup(cfg, "ascan_nano", ours=True) == (False, "weights")
-    assert model_setup(cfg, "test_convnext", ours=False) == (True, "weights")
-    plain = BenchConfig(models=("test_convnext",), dtype="bf16", fast=True)
-    assert model_setup(plain, "test_convnext", ours=False) == (False, "autocast")  # --fast: ours only
+    assert model_setup(cfg, "ascan_nano", ours=True)[:2] == (False, "weights")
+    assert model_setup(cfg, "test_convnext", ours=False)[:2] == (True, "weights")
+    plain = BenchConfig(models=("test_convnext",), precision="bf16", fast=True)
+    assert model_setup(plain, "test_convnext", ours=False)[:2] == (False, "autocast")  # --fast: ours only
 
 
 @pytest.mark.parametrize(
@@ -81,11 +81,12 @@ def test_fast_bf16_run_reports_setup_and_measured_peak_fraction(tmp_path, capsys
 
 @pytest.mark.parametrize(("settings", "expected"), [
     ({}, "channels-last"),
-    ({"dtype": "bf16"}, "channels-last, bf16 weights"),
-    ({"dtype": "bf16", "compile": True}, "channels-last, bf16 weights, compiled"),
-    ({"dtype": "bf16", "compile": True, "freeze": True}, "channels-last, bf16 weights, compiled, frozen"),
+    ({"precision": "bf16"}, "channels-last, bf16 weights"),
+    ({"precision": "bf16", "compile": True}, "channels-last, bf16 weights, compiled"),
+    ({"precision": "bf16", "compile": True, "freeze": True}, "channels-last, bf16 weights, compiled, frozen"),
 ])
 def test_setup_column_says_how_the_module_was_built(settings, expected):
     """The report row alone tells a compiled (and frozen) measurement from an eager one."""
-    variant = SimpleNamespace(channels_last=True, cast="weights")
+    variant = SimpleNamespace(channels_last=True, cast="weights", runtime="torch",
+                              precision=settings.get("precision", "fp32"))
     assert setup_label(BenchConfig(models=("ascan_nano",), **settings), variant) == expected

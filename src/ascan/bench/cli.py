@@ -7,6 +7,11 @@ Example (the paper's setting on a GPU)::
 Example (this repository's CPU check)::
 
     ascan bench --preset cpu-check --batch-sizes 16 --img-size 224 --fuse both
+
+Example (deployment runtimes: each model in its own runtime and precision, one interleaved run)::
+
+    ascan bench ascan_tiny convnext_small --runtime openvino --precision bf16 \
+        --setup convnext_small=torch,bf16,cl,weights --threads 1
 """
 
 from __future__ import annotations
@@ -44,21 +49,24 @@ def _setups(items: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = doc_parser("ascan bench", __doc__)
-    parser.add_argument("models", nargs="*", help="timm model names (ascan's models are registered in timm)")
+def _add_setup_options(parser: argparse.ArgumentParser) -> None:
+    """How each model runs: precision, runtime, memory format, cast, per-model setups and ascan's fast path."""
     parser.add_argument(
-        "--preset", action="append", default=[], help="named model set (repeatable); see --list-presets"
+        "--precision",
+        "--dtype",
+        dest="precision",
+        choices=presets.PRECISIONS,
+        default="fp32",
+        help="numeric precision (PyTorch: autocast dtype or --cast weights; int8: post-training quantization "
+        "on random calibration batches)",
     )
-    parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
-    parser.add_argument("--batch-sizes", type=_int_list, default=(1, 16, 64), help="comma list (default 1,16,64)")
     parser.add_argument(
-        "--img-size",
-        type=int,
-        default=None,
-        help="input size for all models (default: Table-4 / timm default per model)",
+        "--runtime",
+        choices=presets.RUNTIMES,
+        default="torch",
+        help="PyTorch, or the model converted to onnxruntime (ONNX export) or OpenVINO; outputs are checked "
+        "against eager fp32 before timing",
     )
-    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for weights and inputs")
     parser.add_argument(
         "--cast",
@@ -71,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="MODEL=OPTS",
-        help="per-model layout and cast, a comma list of cl, nchw, autocast, weights (repeatable); "
-        "e.g. --setup convnext_small=cl,weights",
+        help="per-model layout, cast, runtime and precision, a comma list of cl, nchw, autocast, weights, "
+        f"{', '.join(presets.RUNTIMES)}, {', '.join(presets.PRECISIONS)} (repeatable); "
+        "e.g. --setup convnext_small=cl,weights or --setup swin_small_patch4_window7_224=openvino,bf16",
     )
     parser.add_argument(
         "--fast",
@@ -80,10 +89,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="ascan models on their inference fast path: BN folded + conv/GELU fused, weights in --dtype, "
         "channels-last, relative-position bias cached",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = doc_parser("ascan bench", __doc__)
+    parser.add_argument(
+        "models",
+        nargs="*",
+        help="timm model names (ascan's models are registered in timm); NAME@OPTS gives that entry its own setup "
+        "(options as --setup), so one run can time a model in several runtimes: convnext_small@openvino,int8",
+    )
+    parser.add_argument(
+        "--preset", action="append", default=[], help="named model set (repeatable); see --list-presets"
+    )
+    parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    parser.add_argument("--batch-sizes", type=_int_list, default=(1, 16, 64), help="comma list (default 1,16,64)")
+    parser.add_argument(
+        "--img-size",
+        type=int,
+        default=None,
+        help="input size for all models (default: Table-4 / timm default per model)",
+    )
+    _add_setup_options(parser)
     parser.add_argument(
         "--measure-peak",
         action="store_true",
-        help="time a large matmul and conv in --dtype first; %% peak is of that measured peak",
+        help="time a large matmul and conv in each precision used first; %% peak is of that measured peak",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile every model")
     parser.add_argument("--fullgraph", action="store_true", help="with --compile: fail on any graph break")
@@ -128,7 +159,8 @@ def _config_from_args(args: argparse.Namespace):
         models=tuple(dict.fromkeys(models)),
         batch_sizes=args.batch_sizes,
         img_size=args.img_size,
-        dtype=args.dtype,
+        precision=args.precision,
+        runtime=args.runtime,
         channels_last=args.channels_last,
         compile=args.compile,
         fullgraph=args.fullgraph,
@@ -162,10 +194,10 @@ def explain(cfg, console) -> int:
     """
     import torch._dynamo
 
-    from ascan.bench.runner import create, input_channels, resolve_img_size
+    from ascan.bench.runner import create, input_channels, resolve_img_size, split_entry
     from ascan.fusion import fuse
 
-    for name in cfg.models:
+    for name in dict.fromkeys(split_entry(entry)[0] for entry in cfg.models):
         size = resolve_img_size(cfg, name)
         model = create(name, size, cfg.num_classes).eval()
         if cfg.fuse != "off":
@@ -223,10 +255,10 @@ def main(argv: list[str]) -> int:
         )
     meta["command"] = "ascan bench " + " ".join(argv)
     report.print_table(rows, meta, cfg.peak_tflops is not None or cfg.measure_peak, console)
-    if "measured_peak" in meta:
-        peak = meta["measured_peak"]
+    for peak in meta.get("measured_peaks", []):
         console.print(f"measured {peak['dtype']} peak: matmul {peak['matmul_tflops']:.3f}, conv "
-                      f"{peak['conv_tflops']:.3f} TFLOP/s (% peak is of {peak['tflops']:.3f})")
+                      f"{peak['conv_tflops']:.3f} TFLOP/s (% peak of the {peak['dtype']} rows is of "
+                      f"{peak['tflops']:.3f})")
     paths = report.write_all(rows, meta, out_dir)
     console.print(f"wrote {paths['csv']}, {paths['json']}, {paths['png']}")
     return 0

@@ -16,6 +16,10 @@ FUSE_CHOICES = ("off", "on", "both")
 # How a model runs in a low-precision dtype: under autocast (fp32 weights, cast per op), or with its weights and
 # input cast to the dtype once (``model.to(torch.bfloat16)``, timm benchmark.py's ``--model-dtype``).
 CASTS = ("autocast", "weights")
+# Where and in what precision a model runs (``--runtime``, ``--precision``, or per model in ``--setup``):
+# PyTorch eager (or compiled), or a converted graph in a deployment runtime (ascan.bench.runtimes).
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 # FasterViT is not in timm: FastViT, the nearest timm family, stands in at its own resolution. A stand-in
 # is not the published model, so no published figure is shown beside it.
@@ -60,6 +64,10 @@ PRESETS: dict[str, tuple[str, ...]] = {
     ),
     # The acceptance comparison for this repository's CPU machines (2 cores, fp32, 224).
     "cpu-check": ("ascan_tiny", "maxvit_tiny_tf_224", "swin_small_patch4_window7_224", "coatnet_0_224"),
+    # Issue 28's CPU deployment comparison: the peers of the cpu-check, ConvNeXt-S and EfficientNetV2-S
+    # (run with --runtime/--precision, or each model in its best runtime via --setup).
+    "cpu-deploy": ("ascan_tiny", "convnext_small", "swin_small_patch4_window7_224", "maxvit_tiny_tf_224",
+                   "coatnet_0_224", "tf_efficientnetv2_s"),
     # Tiny timm test networks: a seconds-long smoke run of the whole tool.
     "smoke": ("test_vit", "test_convnext", "test_efficientnet"),
 }

@@ -10,8 +10,9 @@ import csv
 import io
 import json
 import math
+import statistics
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -33,16 +34,27 @@ def _fmt(value: float | None, spec: str) -> str:
     return format(value, spec)
 
 
+def parity_cell(row: Row) -> str:
+    """How far the row's outputs were from eager fp32 (checked before timing): max abs error in fp32, the
+    outputs' cosine below it."""
+    if row.parity_max_abs is None:
+        return "-"
+    if row.precision == "fp32":
+        return f"{row.parity_max_abs:.1e}"
+    return f"cos {row.parity_cosine:.5f}"
+
+
 def rich_table(rows: Sequence[Row], meta: dict[str, object], peak_given: bool) -> Table:
     reference = rows[0].reference if rows else ""
     title = (
-        f"ascan bench - {meta.get('device')} {meta.get('dtype', '')} - ratio: img/s over {reference}, "
+        f"ascan bench - {meta.get('device')} {meta.get('precision', '')} - ratio: img/s over {reference}, "
         "median of per-round ratios [min-max]"
     )
     table = Table(title=title, show_lines=False)
     columns = [
         ("model", "left"),
         ("setup", "left"),
+        ("vs fp32", "right"),
         ("mode", "left"),
         ("batch", "right"),
         ("res", "right"),
@@ -65,6 +77,7 @@ def rich_table(rows: Sequence[Row], meta: dict[str, object], peak_given: bool) -
         cells = [
             label,
             row.setup,
+            parity_cell(row),
             row.mode,
             str(row.batch_size),
             str(row.img_size),
@@ -81,6 +94,55 @@ def rich_table(rows: Sequence[Row], meta: dict[str, object], peak_given: bool) -
         paper = f"{row.paper_a100_img_per_s:.0f} ({row.paper_name})" if row.paper_a100_img_per_s else "-"
         cells += [_fmt(row.peak_mem_mib, ".0f"), str(row.bn_folded), paper]
         table.add_row(*cells)
+    return table
+
+
+@dataclass(frozen=True)
+class Best:
+    """A model's fastest entry at one batch size (of its runtimes/precisions in the run), and the reference model's
+    fastest entry over it, per round: ``ratio`` is reference img/s / this model's (median [low-high])."""
+
+    model: str
+    batch_size: int
+    label: str
+    setup: str
+    img_per_s: float
+    ratio: float
+    ratio_low: float
+    ratio_high: float
+
+
+def best_entries(rows: Sequence[Row]) -> list[Best]:
+    """Each model in its best runtime and precision (the entry with the highest median img/s), and the reference
+    model's best over it round by round. Empty unless some model was timed in more than one entry."""
+    infer = [row for row in rows if row.mode == "infer"]
+    if len({row.label for row in infer}) == len({row.model for row in infer}) or not infer:
+        return []
+    reference_model = next((row.model for row in infer if row.label == infer[0].reference), infer[0].model)
+    out: list[Best] = []
+    for batch_size in sorted({row.batch_size for row in infer}):
+        best: dict[str, Row] = {}
+        for row in (r for r in infer if r.batch_size == batch_size):
+            if row.model not in best or row.img_per_s > best[row.model].img_per_s:
+                best[row.model] = row
+        ref = best[reference_model]
+        for model, row in best.items():
+            ratios = [a / b for a, b in zip(ref.img_per_s_by_round, row.img_per_s_by_round, strict=True)]
+            out.append(Best(model, batch_size, row.label, row.setup, row.img_per_s, statistics.median(ratios),
+                            min(ratios), max(ratios)))
+    return out
+
+
+def best_table(best: Sequence[Best]) -> Table:
+    reference = best[0].model if best else ""
+    table = Table(title=f"each model in its best runtime and precision - {reference} / model, median of per-round "
+                        "ratios [min-max]")
+    for name, justify in (("model", "left"), ("batch", "right"), ("best entry", "left"), ("setup", "left"),
+                          ("img/s", "right"), (f"{reference} / model", "right")):
+        table.add_column(name, justify=justify)
+    for entry in best:
+        table.add_row(entry.model, str(entry.batch_size), entry.label, entry.setup, f"{entry.img_per_s:.2f}",
+                      f"{entry.ratio:.2f} [{entry.ratio_low:.2f}-{entry.ratio_high:.2f}]")
     return table
 
 
@@ -171,7 +233,8 @@ def write_all(rows: Sequence[Row], meta: dict[str, object], out_dir: Path) -> di
     out_dir = Path(out_dir)
     paths = {"csv": out_dir / CSV_NAME, "json": out_dir / JSON_NAME, "png": out_dir / PNG_NAME}
     atomic_write_bytes(paths["csv"], rows_to_csv(rows).encode())
-    document = {"meta": meta, "rows": [asdict(row) for row in rows]}
+    document = {"meta": meta, "rows": [asdict(row) for row in rows],
+                "best": [asdict(entry) for entry in best_entries(rows)]}
     atomic_write_bytes(paths["json"], json.dumps(document, indent=2, default=str).encode())
     plot(rows, paths["png"])
     return paths
@@ -179,3 +242,6 @@ def write_all(rows: Sequence[Row], meta: dict[str, object], out_dir: Path) -> di
 
 def print_table(rows: Sequence[Row], meta: dict[str, object], peak_given: bool, console: Console) -> None:
     console.print(rich_table(rows, meta, peak_given))
+    best = best_entries(rows)
+    if best:
+        console.print(best_table(best))

@@ -154,13 +154,17 @@ def graph_problems(path: str) -> list[str]:
     return problems
 
 
-def ort_session(path: str, threads: int):
-    """A CPU onnxruntime session with ``threads`` intra-op threads (the PyTorch side gets the same count)."""
+def ort_session(path: str, threads: int, profile_prefix: str | None = None):
+    """A CPU onnxruntime session with ``threads`` intra-op threads (the PyTorch side gets the same count);
+    ``profile_prefix``: onnxruntime's per-node profiling on, its JSON written there by ``end_profiling()``."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
