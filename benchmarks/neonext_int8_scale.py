@@ -11,6 +11,7 @@ Run: ``PYTHONPATH=src python benchmarks/neonext_int8_scale.py RUN [--images 64]`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import warnings
 
 import torch
@@ -44,10 +45,11 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     source = resolve_source(args.run)
-    trained, _ = build_model(source, source.image_size)
-    weights, source.weights = source.weights, None
-    random_init, _ = build_model(source, source.image_size)  # the same model, seeded random weights
-    source.weights = weights
+    trained, in_chans = build_model(source, source.image_size)
+    # the same model with seeded random weights (classes and channels are read from the weights otherwise)
+    fresh = dataclasses.replace(source, weights=None,
+                                kwargs={**source.kwargs, "in_chans": in_chans, "num_classes": trained.num_classes})
+    random_init, _ = build_model(fresh, source.image_size)
     deploy = classifier_deploy_data(args.run, image_size=source.image_size)
     batches = list(deploy.calibration(CALIBRATION_BATCHES))
     held_out = torch.cat([b[0] for b in classifier_deploy_data(args.run, image_size=source.image_size)
