@@ -136,6 +136,7 @@ def test_int8_refusals_are_one_line(classifier_run, tmp_path, capsys, argv, need
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # two NNCF quantizations through the CLI (about 30 s of CPU); the fast tests cover the check
 def test_int8_export_is_refused_over_the_tolerance_and_written_with_allow_drop(classifier_run, tmp_path, capsys,
                                                                                monkeypatch):
     pytest.importorskip("nncf", reason="NNCF (OpenVINO int8) not installed")
