@@ -322,6 +322,28 @@ def test_export_verb_writes_a_model_that_matches_the_run(fm_run, tmp_path, capsy
     assert np.abs(got - expected).max() <= 1e-4
 
 
+def test_export_verb_openvino_matches_the_run_at_two_sizes(fm_run, tmp_path, capsys):
+    """``--format openvino``: the IR (compiled here with the f32 hint) against the run's model in float64, at the
+    run's size and at twice it (the height/width is dynamic)."""
+    pytest.importorskip("openvino", reason="openvino (the 'deploy' extra) is not installed")
+    from ascan.export.openvino import OpenVINOModule, compile_model
+
+    out = tmp_path / "tiny.xml"
+    code, printed, err = run_cli(capsys, "classify", "export", str(fm_run), "--output", str(out), "--json",
+                                 "--format", "openvino", "--bench-seconds", "0", "--threads", "1",
+                                 "--max-size-ratio", "10")
+    assert code == 0, err
+    report = json.loads(printed[printed.find("{"):])
+    assert report["format"] == "openvino" and len(report["rows"]) == 3 and report["rows"][2]["img_size"] > 32
+    compiled = OpenVINOModule(compile_model(out, "fp32", threads=1))
+    reference = reference_model(fm_run)
+    for batch, side in ((3, 32), (2, 64)):
+        x = torch.randn(batch, 1, side, side)
+        with torch.no_grad():
+            expected = reference(x.double()).numpy()
+        assert np.abs(compiled(x).numpy() - expected).max() <= 1e-4
+
+
 # ---- finetune ---------------------------------------------------------------------------------------------
 
 

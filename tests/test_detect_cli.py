@@ -175,6 +175,22 @@ def test_export_whole_detector_is_one_line_and_features_only_exports_the_backbon
     assert len(err.splitlines()) == 1 and "--img-size 60" in err and "multiple of 16" in err
 
 
+def test_export_features_only_to_openvino(tmp_path, scenes, capsys):
+    """The detector's backbone feature maps as OpenVINO IR, checked at the export size and one stride up."""
+    pytest.importorskip("openvino", reason="openvino (the 'deploy' extra) is not installed")
+    run = tmp_path / "run"
+    assert main(["train", *_tiny(scenes, run), "max_steps=1"]) == 0
+    capsys.readouterr()
+    target = tmp_path / "backbone.xml"
+    assert cli_main(["detect", "export", str(run), "--output", str(target), "--features-only", "--format",
+                     "openvino", "--bench-seconds", "0", "--threads", "1", "--max-size-ratio", "4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["outputs"] == ["stage1", "stage2", "stage3"]  # the pyramid's levels (s2-s4), named by stage
+    assert [row["img_size"] for row in report["rows"]] == [None, None, 64 + 16]  # one step of its 16x multiple
+    assert all(row["max_abs"] <= 1e-4 + 1e-5 * row["scale"] for row in report["rows"])
+    assert target.is_file() and target.with_suffix(".bin").is_file()
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["model.arch=retinanet"], "model.arch"),
     (["model.backbone=not_a_model"], "model.backbone"),

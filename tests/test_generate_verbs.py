@@ -114,6 +114,25 @@ def test_eval_scores_the_samples_and_says_which_weights(unet_run: Path, tmp_path
     assert "(raw weights, float32; 30 samples, 2 heun steps" in head
 
 
+@needs_data
+def test_export_denoiser_to_openvino(tmp_path: Path, capsys):
+    """The denoiser (noisy image, time, class label) as OpenVINO IR: dynamic batch on every input, checked at
+    batch 1 and 3; a non-fp32 precision is refused in one line."""
+    pytest.importorskip("openvino", reason="openvino (the 'deploy' extra) is not installed")
+    run = _train(tmp_path / "run", "--model", "dit", "--cond", "class", "--set", *TINY_DIT, *TINY_RUN)
+    capsys.readouterr()
+    out = tmp_path / "den.xml"
+    assert ascan_main(["generate", "export", str(run), "--output", str(out), "--format", "openvino",
+                       "--bench-seconds", "0", "--max-size-ratio", "4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [row["batch"] for row in report["rows"]] == [1, 3] and report["outputs"] == ["prediction"]
+    assert report["dynamic_size"] is False  # the denoiser's size is its run's
+    assert all(row["max_abs"] <= 1e-4 + 1e-5 * row["scale"] and row["scale"] > 1e-2 for row in report["rows"])
+    assert ascan_main(["generate", "export", str(run), "--output", str(tmp_path / "x.xml"), "--format", "openvino",
+                       "--precision", "bf16"]) == 2
+    assert "the generator exports in fp32" in capsys.readouterr().err
+
+
 def _onnx_against_denoiser(path: Path, run: Path, feed: dict[str, np.ndarray], cond) -> tuple[float, float]:
     """Max |onnxruntime - the run's own denoiser| and max |denoiser output|, on the same inputs."""
     import onnxruntime as ort

@@ -147,6 +147,31 @@ def test_export_onnx_passes_parity(trained_run, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "--img-size 33" in err and "multiple of 32" in err and "e.g. 64" in err
 
 
+def test_export_openvino_matches_the_segmenter_at_two_sizes(trained_run, tmp_path, capsys):
+    """``--format openvino`` of the whole segmenter: checked at the export size and one stride up; the IR, compiled
+    here with the f32 hint, matches the run's model at a third size."""
+    pytest.importorskip("openvino", reason="openvino (the 'deploy' extra) is not installed")
+    from ascan.export.openvino import OpenVINOModule, compile_model
+
+    target = tmp_path / "seg.xml"
+    assert main(["export", str(trained_run), "--output", str(target), "--format", "openvino", "--bench-seconds", "0",
+                 "--img-size", "32", "--threads", "1", "--json", "--max-size-ratio", "4"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(row["batch"], row["img_size"]) for row in report["rows"]] == [(1, None), (3, None), (1, 64)]
+    assert all(row["max_abs"] <= 1e-4 + 1e-5 * row["scale"] for row in report["rows"])
+    from ascan.segment.commands import bake_input_size
+
+    # the reference is what was exported: tables resized to the 32-px maps (at 96 px both resize those again;
+    # the run's own tables resized straight to 96 px differ by ~5e-5 of the output)
+    model = load_trained(trained_run).model.eval()
+    bake_input_size(model.backbone, 32)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        expected = model(x)
+    got = OpenVINOModule(compile_model(target, "fp32", threads=1))(x)
+    assert got.shape == expected.shape and (got - expected).abs().max() <= 1e-4
+
+
 def _reference_colouring(labels: np.ndarray, colours, scale: int) -> np.ndarray:
     """A naive per-pixel colouring of a class map, each pixel repeated ``scale`` x ``scale`` times."""
     h, w = labels.shape

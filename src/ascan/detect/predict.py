@@ -254,7 +254,8 @@ def run_export(args: argparse.Namespace) -> int:
     name = f"{cfg.model.backbone} features {list(backbone.out_indices)} ({cfg.model.arch} backbone)"
     deploy = detector_deploy_data(trained.model, cfg, eval_limit=opts.eval_limit) if opts.precision == "int8" else None
     return export_model(body, args, opts, name=name, origin=trained.source, in_chans=detector_cfg(cfg).in_chans,
-                        img_size=img_size, features=False, deploy=deploy)
+                        img_size=img_size, features=False, outputs=[f"stage{i}" for i in backbone.out_indices],
+                        deploy=deploy)
 
 
 def run_eval(args) -> int:

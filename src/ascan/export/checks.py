@@ -70,9 +70,9 @@ class Tolerance:
 
 # Against eager PyTorch in fp32. fp32: the acceptance bound (1e-4 abs). fp16: 11-bit mantissas rounded in
 # different orders (ONNX: the model itself in fp16; OpenVINO: fp16 weights and f16 inference). bf16: 8-bit
-# mantissas through every layer (OpenVINO's bf16 hint): measured up to ~3% of the largest output on random
-# ascan / CoAtNet / NeoNeXt models at 64-224 px.
-TOLERANCES = {"fp32": Tolerance(1e-4, 1e-5), "fp16": Tolerance(1e-2, 1e-2), "bf16": Tolerance(1e-2, 8e-2)}
+# mantissas through every layer (OpenVINO's bf16 hint): measured 0.6-1.4% of the largest output on random
+# ascan_tiny / ascan_coatnet_0 (pre- and post-softmax) at 224 and 256 px, a margin of ~3x.
+TOLERANCES = {"fp32": Tolerance(1e-4, 1e-5), "fp16": Tolerance(1e-2, 1e-2), "bf16": Tolerance(1e-2, 5e-2)}
 
 
 class ExportCheckError(RuntimeError):

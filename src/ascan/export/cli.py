@@ -1,4 +1,4 @@
-"""``ascan export``: a model name or any task's run (folder, checkpoint, safetensors) to ONNX, checked in onnxruntime.
+"""``ascan export``: a model name or any task's run (folder, checkpoint, safetensors) to ONNX or OpenVINO, checked.
 
 A model name is built (random or ``--weights``) and exported here; a run of any task is sent to that task's own
 ``export`` verb (the task is read from the run, :func:`ascan.engine.trained.read_run`). What an export does and
@@ -7,6 +7,7 @@ checks, for every task: :mod:`ascan.export.command`.
     ascan export ascan_tiny --output ascan_tiny.onnx
     ascan export runs/classify-fashion_mnist --output fm.onnx --fuse --batch 8
     ascan export neonext_tiny --output backbone.onnx --features-only --out-indices 1 2 3 --img-size 512
+    ascan export ascan_tiny --format openvino --precision bf16 --output ascan_tiny.xml   # + ascan_tiny.bin
 """
 
 from __future__ import annotations

@@ -29,11 +29,12 @@ DEFAULT_MAX_SIZE_RATIO = 1.5
 
 FORMATS = ("onnx", "openvino")  # the file written: one .onnx, or OpenVINO IR (.xml + .bin beside it)
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
-# ONNX bf16 is refused: numpy (onnxruntime's input type) has no bfloat16, and onnxruntime's CPU provider has no
-# bfloat16 Conv / MatMul kernels. ONNX fp16 runs on onnxruntime's CPU provider (slowly): its check works
-# everywhere. OpenVINO compiles one fp32 graph at any precision (an inference precision hint).
-ONNX_BF16_REFUSAL = ("--precision bf16 --format onnx: onnxruntime's CPU provider has no bfloat16 convolution or "
-                     "matrix-product kernels (and numpy no bfloat16 inputs); use --format openvino --precision bf16")
+# ONNX bf16 is refused (checked with onnx 1.23 / onnxruntime 1.32): ONNX's Conv does not take bfloat16 (the
+# graph is invalid), onnxruntime's CPU provider has no bfloat16 MatMul kernel, and numpy (onnxruntime's input type)
+# has no bfloat16. ONNX fp16 runs on onnxruntime's CPU provider (slowly): its check works everywhere. OpenVINO
+# compiles one fp32 graph at any precision (an inference precision hint).
+ONNX_BF16_REFUSAL = ("--precision bf16 --format onnx: ONNX's Conv takes no bfloat16 and onnxruntime's CPU provider "
+                     "has no bfloat16 MatMul; use --format openvino --precision bf16")
 DTYPE_NAMES = PRECISIONS  # the old name (--dtype is a hidden alias of --precision)
 # ONNX int8 is refused, by measurement (RESULTS.md, "int8 and bf16 on trained weights"): onnxruntime's dynamic int8
 # makes convolutions slower than fp32; its static int8 of every operator lost the logits (cosine 0.79) where NNCF
