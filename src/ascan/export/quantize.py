@@ -9,7 +9,9 @@ per channel):
 * PyTorch: torchao's PT2E with ``X86InductorQuantizer`` (:func:`quantize_pt2e`: ``torch.export`` ->
   ``prepare_pt2e`` -> calibrate -> ``convert_pt2e``), run fast by :func:`compile_pt2e` (inductor with freezing).
 
-``ascan <task> export --precision int8`` goes through :func:`quantize_and_check`: the fp32 PyTorch model and
+``ascan <task> export --precision int8`` goes through :func:`quantize_and_check` (on :func:`quantize_checked`,
+which the benchmarks call for either runtime; :func:`quantize_openvino` / :func:`quantize_pt2e` /
+:func:`compile_pt2e` are what ``ascan bench`` uses for int8): the fp32 PyTorch model and
 the int8 model *in its runtime* (wrapped as an ``nn.Module``) both run the task's evaluation
 (:class:`~ascan.export.deploy_data.DeployData`); a model that lost more than the declared tolerance is refused
 (:class:`AccuracyDropError`) unless ``allow_drop``.
@@ -195,13 +197,11 @@ def quantize_model(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], ru
 
 
 def quantize_checked(model: nn.Module, deploy: DeployData, *, runtime: str, calibration_batches: int,
-                       allow_drop: bool = False, name: str = "the model", keep_float: Sequence[str] = (),
-                       log=print) -> Int8Result:
+                     allow_drop: bool = False, name: str = "the model", keep_float: Sequence[str] = (),
+                     log=print) -> Int8Result:
     """Quantize ``model`` for ``runtime`` on ``calibration_batches`` batches of its run's training data, evaluate
     it before and after (both printed through ``log``) and return the result; raise :class:`AccuracyDropError`
-    when the metric dropped more than ``deploy.tolerance`` and not ``allow_drop`` (the caller writes nothing).
-
-    """
+    when the metric dropped more than ``deploy.tolerance`` and not ``allow_drop`` (the caller writes nothing)."""
     if calibration_batches < 1:
         raise ValueError(f"calibration_batches must be at least 1, got {calibration_batches}")
     batches = list(deploy.calibration(calibration_batches))
