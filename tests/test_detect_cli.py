@@ -213,3 +213,30 @@ def test_bad_scene_settings_and_paths_are_user_errors(tmp_path, scenes):
         main(["predict", str(tmp_path / "no_run"), str(tmp_path / "missing.png"), "--output", str(tmp_path)])
     with pytest.raises(UserError, match="--resume"):
         main(["train", "--resume", str(tmp_path), "--overwrite"])
+
+
+@pytest.mark.slow  # a tiny training step, an NNCF quantization and two detector evaluations (about 30 s of CPU)
+def test_export_int8_backbone_is_scored_by_box_ap_inside_the_detector(tmp_path, scenes, capsys):
+    """``--precision int8 --features-only``: the backbone quantized on the detector's own view of the training images,
+    box AP printed before and after; the IR's feature maps stay close to the fp32 backbone's."""
+    pytest.importorskip("nncf", reason="nncf (the 'deploy' extra) is not installed")
+    from ascan.detect.deploy import detector_deploy_data
+    from ascan.detect.predict import load_trained
+    from ascan.export.openvino import OpenVINOModule, compile_model
+
+    run = tmp_path / "run"
+    assert main(["train", *_tiny(scenes, run), "max_steps=1"]) == 0
+    capsys.readouterr()
+    target = tmp_path / "backbone_int8.xml"
+    assert cli_main(["detect", "export", str(run), "--output", str(target), "--features-only", "--format",
+                     "openvino", "--precision", "int8", "--calibration-batches", "1", "--eval-limit", "2",
+                     "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["metric"] == "box_map" and report["written"] and "box_map" in report["after"]
+    trained = load_trained(run)
+    (inputs,) = next(detector_deploy_data(trained.model, trained.cfg).calibration(1))
+    with torch.no_grad():
+        expected = trained.model.backbone.body(inputs)
+    got = OpenVINOModule(compile_model(target))(inputs)
+    for g, e in zip(got, expected, strict=True):
+        assert torch.nn.functional.cosine_similarity(g.flatten(), e.flatten(), 0) >= 0.99

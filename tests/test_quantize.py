@@ -136,6 +136,7 @@ def test_int8_refusals_are_one_line(classifier_run, tmp_path, capsys, argv, need
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # two NNCF quantizations through the CLI (about 30 s of CPU); the fast tests cover the check
 def test_int8_export_is_refused_over_the_tolerance_and_written_with_allow_drop(classifier_run, tmp_path, capsys,
                                                                                monkeypatch):
     pytest.importorskip("nncf", reason="NNCF (OpenVINO int8) not installed")
@@ -166,3 +167,36 @@ def test_int8_export_is_refused_over_the_tolerance_and_written_with_allow_drop(c
     compiled = ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     got = torch.from_numpy(compiled(x.numpy())[0])
     assert torch.nn.functional.cosine_similarity(got, expected, dim=1).min() >= MIN_COSINE
+
+
+def test_a_detectors_backbone_body_is_swapped_for_the_check_and_restored():
+    """The detector's check scores the int8 feature network inside the fp32 detector: maps as a list (one map of a
+    runtime module included), the original's feature_info kept, the original back afterwards, also on an error."""
+    from torch import nn
+
+    from ascan.detect.deploy import body_swapped
+
+    class Body(nn.Module):
+        feature_info = "stages"
+
+        def forward(self, x):
+            return [x, 2 * x]
+
+    class Detector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Module()
+            self.backbone.body = Body()
+
+        def forward(self, x):
+            return self.backbone.body(x)
+
+    detector, x = Detector(), torch.ones(1, 2)
+    original = detector.backbone.body
+    with body_swapped(detector, nn.Identity()) as swapped:  # one map, as a one-output runtime returns it
+        assert swapped.backbone.body.feature_info == "stages"
+        assert [m.tolist() for m in swapped(x)] == [[[1.0, 1.0]]]
+    assert detector.backbone.body is original
+    with pytest.raises(RuntimeError), body_swapped(detector, Body()):
+        raise RuntimeError("evaluation failed")
+    assert detector.backbone.body is original

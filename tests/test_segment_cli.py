@@ -324,3 +324,25 @@ def test_init_from_is_applied_and_a_misfit_named(ade_root, tmp_path):
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(weights))
     with pytest.raises(UserError, match=r"classifier\.safetensors does not fit the backbone: stages_3\."):
         main(_args(ade_root, tmp_path / "run", f"model.init_from={weights}"))
+
+
+@pytest.mark.slow  # an NNCF quantization and two evaluations (about 20 s of CPU)
+def test_export_int8_scores_miou_before_and_after_and_keeps_the_class_maps(trained_run, tmp_path, capsys):
+    """``--precision int8``: calibrated on the run's training images, mIoU printed before and after; the IR, compiled
+    by OpenVINO, gives the fp32 segmenter's class map on nearly every pixel of the run's own images."""
+    pytest.importorskip("nncf", reason="nncf (the 'deploy' extra) is not installed")
+    from ascan.export.openvino import OpenVINOModule, compile_model
+    from ascan.segment.deploy import segmenter_deploy_data
+
+    target = tmp_path / "seg_int8.xml"
+    assert main(["export", str(trained_run), "--output", str(target), "--format", "openvino", "--precision", "int8",
+                 "--img-size", "32", "--calibration-batches", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["metric"] == "mIoU" and report["written"] and report["drop"] <= report["tolerance"] == 1.0
+    trained = load_trained(trained_run)
+    model = trained.model.eval()
+    (images,) = next(segmenter_deploy_data(model, trained.cfg, trained.class_names).calibration(1))
+    with torch.no_grad():
+        expected = model(images).argmax(1)
+    got = OpenVINOModule(compile_model(target))(images).argmax(1)
+    assert (got == expected).float().mean() >= 0.95

@@ -36,11 +36,12 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 ONNX_BF16_REFUSAL = ("--precision bf16 --format onnx: ONNX's Conv takes no bfloat16 and onnxruntime's CPU provider "
                      "has no bfloat16 MatMul; use --format openvino --precision bf16")
 DTYPE_NAMES = PRECISIONS  # the old name (--dtype is a hidden alias of --precision)
-# ONNX int8 is refused, by measurement (ascan.export.quantize's docstring): onnxruntime's dynamic int8 makes
-# convolutions slower than fp32, and its static int8 of every operator lost the logits (cosine 0.79) where NNCF kept
-# them (0.9993); of convolutions and matrix products only, it kept them but was no faster than fp32.
-ONNX_INT8_REFUSAL = ("--precision int8 --format onnx: onnxruntime's int8 is slower than its fp32 for convolutions "
-                     "or loses accuracy; use --format openvino --precision int8 (NNCF)")
+# ONNX int8 is refused, by measurement (RESULTS.md, "int8 and bf16 on trained weights"): onnxruntime's dynamic int8
+# makes convolutions slower than fp32; its static int8 of every operator lost the logits (cosine 0.79) where NNCF
+# kept them (0.9993); of convolutions and matrix products only, it kept them but was not reliably faster than its
+# fp32 (1.2x slower to 1.3x faster in two runs, NNCF: 2.1-2.5x).
+ONNX_INT8_REFUSAL = ("--precision int8 --format onnx: onnxruntime's int8 loses accuracy or gains little speed on "
+                     "convolutions (measured); use --format openvino --precision int8 (NNCF)")
 # int8 calibration: batches of ascan.export.deploy_data.CALIBRATION_BATCH_SIZE (8) images of the run's training
 # data fed through the model to set the quantizers' ranges. 32 batches = 256 images (NNCF's default subset is 300
 # samples); 1 batch already calibrates, 1000 is hours on a CPU.
