@@ -120,9 +120,8 @@ def test_bench_checks_parity_then_times_each_runtime(tmp_path, capsys, monkeypat
     assert vit["peak_fraction"] == pytest.approx(vit["tflops"] / 1.0)
 
 
-def test_a_runtime_that_disagrees_is_refused_before_timing(capsys, monkeypatch):
-    """A conversion whose outputs are off is one line naming the model, and nothing is timed."""
-    pytest.importorskip("onnxruntime")
+def _break_every_runtime(monkeypatch) -> None:
+    """Every built runtime answers 1e-3 off its real output (a conversion that disagrees)."""
     real_build = runtimes.build
 
     def broken(*args, **kwargs):
@@ -132,6 +131,12 @@ def test_a_runtime_that_disagrees_is_refused_before_timing(capsys, monkeypatch):
         return deployed
 
     monkeypatch.setattr(runtimes, "build", broken)
+
+
+def test_a_runtime_that_disagrees_is_refused_before_timing(capsys, monkeypatch):
+    """A conversion whose outputs are off is one line naming the model, and nothing is timed."""
+    pytest.importorskip("onnxruntime")
+    _break_every_runtime(monkeypatch)
     timed = []
     monkeypatch.setattr(runner, "run_interleaved", lambda *a, **k: timed.append(1))
     code, _, err = _run(capsys, "test_convnext", *SMALL, "--runtime", "onnxruntime")
@@ -143,15 +148,7 @@ def test_a_runtime_that_disagrees_is_refused_before_timing(capsys, monkeypatch):
 def test_a_disagreeing_entry_is_left_out_and_the_others_timed(tmp_path, capsys, monkeypatch):
     """In a run of several entries the one that disagrees is named and not timed; the others are."""
     pytest.importorskip("onnxruntime")
-    real_build = runtimes.build
-
-    def broken(*args, **kwargs):
-        deployed = real_build(*args, **kwargs)
-        run = deployed.run
-        deployed.run = lambda x: np.asarray(run(x)) + 1e-3
-        return deployed
-
-    monkeypatch.setattr(runtimes, "build", broken)
+    _break_every_runtime(monkeypatch)
     out = tmp_path / "bench"
     code, _, err = _run(capsys, "test_convnext", "test_convnext@onnxruntime", *SMALL, "--out", str(out))
     assert code == 0
