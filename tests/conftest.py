@@ -89,3 +89,19 @@ def load_benchmark(name: str):
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+# Modules whose tests load OpenVINO (and its threading runtime) into the pytest process, and the tests elsewhere
+# that do. In the full fresh-clone run, tests that fork afterwards (DataLoader workers, subprocesses in
+# tests/test_shards.py) crashed the pytest process with a segfault in 2 of 2 runs (never when run alone or
+# before them; root cause not found): these run last, after every test that forks.
+OPENVINO_MODULES = frozenset({"test_openvino_export.py", "test_quantize.py", "test_bench_runtimes.py"})
+
+
+def _loads_openvino(item: pytest.Item) -> bool:
+    return item.path.name in OPENVINO_MODULES or "openvino" in item.name or "int8" in item.name
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Move the tests that load OpenVINO to the end of the run (see :data:`OPENVINO_MODULES`)."""
+    items[:] = [i for i in items if not _loads_openvino(i)] + [i for i in items if _loads_openvino(i)]
