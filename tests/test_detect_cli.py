@@ -174,12 +174,18 @@ def test_export_whole_detector_is_one_line_and_features_only_exports_the_backbon
     assert len(err.splitlines()) == 1 and "--img-size 60" in err and "multiple of 16" in err
 
 
-def test_export_features_only_to_openvino(tmp_path, scenes, capsys):
-    """The detector's backbone feature maps as OpenVINO IR, checked at the export size and one stride up."""
-    pytest.importorskip("openvino", reason="openvino (the 'deploy' extra) is not installed")
+def _one_step_run(scenes, tmp_path, capsys):
+    """A tiny detector run of one training step (its output read away), for the export tests."""
     run = tmp_path / "run"
     assert main(["train", *_tiny(scenes, run), "max_steps=1"]) == 0
     capsys.readouterr()
+    return run
+
+
+def test_export_features_only_to_openvino(tmp_path, scenes, capsys):
+    """The detector's backbone feature maps as OpenVINO IR, checked at the export size and one stride up."""
+    pytest.importorskip("openvino", reason="openvino (the 'deploy' extra) is not installed")
+    run = _one_step_run(scenes, tmp_path, capsys)
     target = tmp_path / "backbone.xml"
     assert cli_main(["detect", "export", str(run), "--output", str(target), "--features-only", "--format",
                      "openvino", "--bench-seconds", "0", "--threads", "1", "--max-size-ratio", "4", "--json"]) == 0
@@ -224,9 +230,7 @@ def test_export_int8_backbone_is_scored_by_box_ap_inside_the_detector(tmp_path, 
     from ascan.detect.predict import load_trained
     from ascan.export.openvino import OpenVINOModule, compile_model
 
-    run = tmp_path / "run"
-    assert main(["train", *_tiny(scenes, run), "max_steps=1"]) == 0
-    capsys.readouterr()
+    run = _one_step_run(scenes, tmp_path, capsys)
     target = tmp_path / "backbone_int8.xml"
     assert cli_main(["detect", "export", str(run), "--output", str(target), "--features-only", "--format",
                      "openvino", "--precision", "int8", "--calibration-batches", "1", "--eval-limit", "2",
