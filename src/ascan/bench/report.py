@@ -11,6 +11,7 @@ import io
 import json
 import math
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ JSON_NAME = "bench.json"
 PNG_NAME = "bench.png"
 OUR_COLOUR = "tab:red"
 BASELINE_COLOUR = "tab:blue"
+LABEL_STEP_POINTS = 9  # vertical offset between the labels of entries drawn at one x (7-pt text)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -194,6 +196,7 @@ def plot(rows: Sequence[Row], path: Path) -> None:
     fig, axes = plt.subplots(1, max(len(batch_sizes), 1), figsize=(5.5 * max(len(batch_sizes), 1), 4.5))
     axes = list(axes) if hasattr(axes, "__iter__") else [axes]
     for axis, batch_size in zip(axes, batch_sizes, strict=False):
+        labelled_at: Counter = Counter()  # entries of one model (MODEL@OPTS) share its x: stack their labels
         for row in (r for r in infer if r.batch_size == batch_size):
             colour = OUR_COLOUR if row.ours else BASELINE_COLOUR
             marker = "*" if row.fused else ("D" if row.ours else "o")
@@ -202,11 +205,12 @@ def plot(rows: Sequence[Row], path: Path) -> None:
                 row.label,
                 (row.params_m, row.img_per_s),
                 textcoords="offset points",
-                xytext=(4, 4),
+                xytext=(4, 4 - LABEL_STEP_POINTS * labelled_at[row.params_m]),
                 fontsize=7,
                 color=colour,
                 fontweight="bold" if row.ours else "normal",
             )
+            labelled_at[row.params_m] += 1
         axis.set_xscale("log")
         axis.set_yscale("log")
         plain = FuncFormatter(lambda value, _pos: f"{value:g}")
@@ -223,7 +227,7 @@ def plot(rows: Sequence[Row], path: Path) -> None:
     fig.suptitle("throughput vs size (red: ascan models, *: fused with ascan.fuse)")
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")  # long labels widen the image, not clipped
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
 
